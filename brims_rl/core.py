@@ -1,0 +1,248 @@
+"""The BRIMs recurrent core with ``nn.LSTM``'s interface.
+
+``out, (h, c) = core(x, (h0, c0))`` with x ``(T, B, input_size)``, h and c
+``(num_layers, B, hidden_size)`` and out ``(T, B, hidden_size)``: the top layer's state
+at every step. Layers are updated bottom to top at each step; a layer's top-down slot
+reads the state that the layer above had at the previous step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from brims_rl.layer import CELL_TYPES, BrimsLayer
+
+TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class BrimsInfo:
+    """What the core did, per layer l (only built with ``return_info=True``).
+
+    masks[l]: bool ``(T, B, N_l)``, the modules updated at each step.
+    input_attention[l]: float ``(T, B, N_l, 3)``, head-averaged input attention on the
+    slots [null, bottom-up, top-down]; the top-down column is 0 where a layer has none.
+    """
+
+    masks: list[torch.Tensor] = field(default_factory=list)
+    input_attention: list[torch.Tensor] = field(default_factory=list)
+
+
+def _per_layer(name: str, value: Union[int, Sequence[int]], num_layers: int) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * num_layers
+    values = list(value)
+    if len(values) != num_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name}={value!r}: expected an int or a list of {num_layers} ints (one per layer)")
+    return values
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive int")
+
+
+class BRIMs(nn.Module):
+    """Bidirectional Recurrent Independent Mechanisms (Mittal et al., ICML 2020).
+
+    Args:
+        input_size: width of the input features.
+        hidden_size: state size of every layer, split evenly into that layer's modules.
+        num_layers: number of stacked layers L.
+        num_modules: modules per layer, an int or one per layer.
+        top_k: modules updated per step, an int or one per layer (1 <= top_k <= modules).
+        cell: "lstm" or "gru" module cells. A GRU core still takes and returns an (h, c)
+            pair so that code written for ``nn.LSTM`` can store its state; c is unused.
+        top_down: "adjacent" (layer l reads layer l+1 at t-1, the paper's wiring),
+            "last_to_first" (only the first layer reads the last layer at t-1, as the
+            authors' released code does) or "none" (stacked RIMs, the ablation).
+        input_heads, input_key_size, input_value_size: input attention geometry.
+        comm_heads, comm_key_size, comm_value_size: communication attention geometry.
+        communication: module-to-module communication on (default) or off.
+        dropout: attention dropout.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 2,
+        num_modules: Union[int, Sequence[int]] = 6,
+        top_k: Union[int, Sequence[int]] = 4,
+        cell: str = "lstm",
+        top_down: str = "adjacent",
+        input_heads: int = 4,
+        input_key_size: int = 64,
+        input_value_size: int = 64,
+        comm_heads: int = 4,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        communication: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in [
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("input_heads", input_heads),
+            ("input_key_size", input_key_size),
+            ("input_value_size", input_value_size),
+            ("comm_heads", comm_heads),
+            ("comm_key_size", comm_key_size),
+            ("comm_value_size", comm_value_size),
+        ]:
+            _check_positive(name, value)
+        modules = _per_layer("num_modules", num_modules, num_layers)
+        top_ks = _per_layer("top_k", top_k, num_layers)
+        for layer, (n, k) in enumerate(zip(modules, top_ks)):
+            if n < 1:
+                raise ValueError(f"num_modules={n} for layer {layer}: expected at least 1 module")
+            if not 1 <= k <= n:
+                raise ValueError(f"top_k={k} for layer {layer}: expected 1 <= top_k <= num_modules ({n})")
+            if hidden_size % n != 0:
+                raise ValueError(
+                    f"hidden_size={hidden_size} is not divisible by num_modules={n} (layer {layer}): "
+                    f"each module gets hidden_size / num_modules units"
+                )
+        if cell not in CELL_TYPES:
+            raise ValueError(f"cell={cell!r}: expected one of {CELL_TYPES}")
+        if top_down not in TOP_DOWN_MODES:
+            raise ValueError(f"top_down={top_down!r}: expected one of {TOP_DOWN_MODES}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
+
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_modules = modules
+        self.top_k = top_ks
+        self.cell = cell
+        self.top_down = top_down
+        self.top_down_source = [self._top_down_source(layer) for layer in range(num_layers)]
+        self.layers = nn.ModuleList(
+            BrimsLayer(
+                bottom_up_size=input_size if layer == 0 else hidden_size,
+                top_down_size=None if self.top_down_source[layer] is None else hidden_size,
+                hidden_size=hidden_size,
+                num_modules=modules[layer],
+                top_k=top_ks[layer],
+                cell=cell,
+                input_heads=input_heads,
+                input_key_size=input_key_size,
+                input_value_size=input_value_size,
+                comm_heads=comm_heads,
+                comm_key_size=comm_key_size,
+                comm_value_size=comm_value_size,
+                communication=communication,
+                dropout=dropout,
+            )
+            for layer in range(num_layers)
+        )
+
+    def _top_down_source(self, layer: int) -> Optional[int]:
+        """Which layer's previous state feeds ``layer``'s top-down slot (None: no slot)."""
+        last = self.num_layers - 1
+        if self.top_down == "adjacent":
+            return layer + 1 if layer < last else None
+        if self.top_down == "last_to_first":
+            return last if layer == 0 else None
+        return None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: Optional[State] = None,
+        episode_starts: Optional[torch.Tensor] = None,
+        return_info: bool = False,
+    ):
+        """Run the core over a sequence.
+
+        Args:
+            x: ``(T, B, input_size)``.
+            state: ``(h, c)``, each ``(num_layers, B, hidden_size)``; None means zeros.
+            episode_starts: optional ``(T, B)`` of 0/1 (or bool): where
+                ``episode_starts[t, b]`` is 1, env b's state is zeroed before step t.
+            return_info: also return a :class:`BrimsInfo` with masks and attention.
+
+        Returns:
+            ``(out, (h, c))``, or ``(out, (h, c), info)`` with ``return_info``;
+            out is ``(T, B, hidden_size)``.
+        """
+        h0, c0 = self._check_inputs(x, state, episode_starts)
+        steps, batch = x.shape[:2]
+        shapes = [(batch, layer.num_modules, layer.block_size) for layer in self.layers]
+        hs = [h0[layer].reshape(shape) for layer, shape in enumerate(shapes)]
+        cs = [c0[layer].reshape(shape) for layer, shape in enumerate(shapes)]
+        keep = None
+        if episode_starts is not None:
+            keep = (1.0 - episode_starts.to(x.dtype)).view(steps, batch, 1, 1)
+
+        # The first layer's bottom-up keys/values do not depend on the recurrence:
+        # project the whole sequence in one matmul.
+        first_kv = self.layers[0].bottom_up_kv(x)
+        outputs = []
+        masks: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        attention: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        for t in range(steps):
+            if keep is not None:
+                hs = [h * keep[t] for h in hs]
+                cs = [c * keep[t] for c in cs]
+            previous_h = list(hs)
+            for index, layer in enumerate(self.layers):
+                bottom_up_kv = first_kv[t] if index == 0 else layer.bottom_up_kv(hs[index - 1].reshape(batch, -1))
+                source = self.top_down_source[index]
+                top_down = None if source is None else previous_h[source].reshape(batch, -1)
+                result = layer(hs[index], cs[index], bottom_up_kv, top_down, need_attention=return_info)
+                hs[index], cs[index] = result.h, result.c
+                if return_info:
+                    masks[index].append(result.mask)
+                    attention[index].append(result.slot_attention)
+            outputs.append(hs[-1].reshape(batch, self.hidden_size))
+
+        out = torch.stack(outputs)
+        h_n = torch.stack([h.reshape(batch, self.hidden_size) for h in hs])
+        c_n = torch.stack([c.reshape(batch, self.hidden_size) for c in cs])
+        if not return_info:
+            return out, (h_n, c_n)
+        info = BrimsInfo(
+            masks=[torch.stack(m) for m in masks],
+            input_attention=[self._three_slots(torch.stack(a)) for a in attention],
+        )
+        return out, (h_n, c_n), info
+
+    @staticmethod
+    def _three_slots(attention: torch.Tensor) -> torch.Tensor:
+        """Pad ``(T, B, N, S)`` slot attention to the 3 slots [null, bottom-up, top-down]."""
+        missing = 3 - attention.shape[-1]
+        return torch.nn.functional.pad(attention, (0, missing)) if missing else attention
+
+    def _check_inputs(
+        self, x: torch.Tensor, state: Optional[State], episode_starts: Optional[torch.Tensor]
+    ) -> State:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}: expected (seq_len, batch, input_size={self.input_size})"
+            )
+        steps, batch = x.shape[:2]
+        if episode_starts is not None and tuple(episode_starts.shape) != (steps, batch):
+            raise ValueError(
+                f"episode_starts has shape {tuple(episode_starts.shape)}: expected (seq_len, batch) = {(steps, batch)}"
+            )
+        expected = (self.num_layers, batch, self.hidden_size)
+        if state is None:
+            zeros = x.new_zeros(expected)
+            return zeros, zeros
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError("state: expected a pair (h, c) of tensors, or None for zeros")
+        for name, tensor in zip(("h", "c"), state):
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"state {name} has shape {tuple(tensor.shape)}: expected (num_layers, batch, hidden_size) = {expected}"
+                )
+        return state[0], state[1]

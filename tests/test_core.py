@@ -1,0 +1,263 @@
+"""Invariants of the BRIMs core, pinned down exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brims_rl import BRIMs
+
+INPUT, HIDDEN = 12, 24
+
+
+def make_core(**kwargs) -> BRIMs:
+    torch.manual_seed(0)
+    options = dict(num_layers=2, num_modules=[6, 4], top_k=[4, 2])
+    options.update(kwargs)
+    return BRIMs(INPUT, HIDDEN, **options)
+
+
+def random_state(core: BRIMs, batch: int, dtype=torch.float32):
+    shape = (core.num_layers, batch, core.hidden_size)
+    return torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("top_down", ["adjacent", "last_to_first", "none"])
+def test_shapes_like_nn_lstm(cell, top_down):
+    core = make_core(cell=cell, top_down=top_down)
+    assert (core.input_size, core.hidden_size, core.num_layers) == (INPUT, HIDDEN, 2)
+    x = torch.randn(5, 3, INPUT)
+    out, (h, c) = core(x)
+    assert out.shape == (5, 3, HIDDEN)
+    assert h.shape == c.shape == (2, 3, HIDDEN)
+    # The output is the top layer's state at each step.
+    assert torch.equal(out[-1], h[-1])
+    out2, state2, info = core(x, (h, c), return_info=True)
+    assert out2.shape == (5, 3, HIDDEN)
+    assert [m.shape for m in info.masks] == [(5, 3, 6), (5, 3, 4)]
+    assert [m.dtype for m in info.masks] == [torch.bool, torch.bool]
+    assert [a.shape for a in info.input_attention] == [(5, 3, 6, 3), (5, 3, 4, 3)]
+    for attention in info.input_attention:
+        torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
+
+
+def test_gru_carries_c_unchanged():
+    core = make_core(cell="gru")
+    h0, c0 = random_state(core, 3)
+    _, (_, c) = core(torch.randn(4, 3, INPUT), (h0, c0))
+    assert torch.equal(c, c0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_exactly_top_k_active_per_layer_batch_and_step(cell):
+    core = make_core(cell=cell, num_layers=3, num_modules=[6, 4, 3], top_k=[4, 1, 3])
+    _, _, info = core(torch.randn(9, 5, INPUT), random_state(core, 5), return_info=True)
+    for mask, k in zip(info.masks, [4, 1, 3]):
+        assert torch.equal(mask.sum(-1), torch.full(mask.shape[:2], k))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inactive_modules_keep_state_bit_for_bit(cell):
+    core = make_core(cell=cell)
+    batch = 4
+    h, c = random_state(core, batch)
+    x = torch.randn(6, batch, INPUT)
+    changed_somewhere = False
+    for t in range(6):
+        _, (h_new, c_new), info = core(x[t : t + 1], (h, c), return_info=True)
+        for layer, mask in enumerate(info.masks):
+            n = core.num_modules[layer]
+            blocks = lambda s: s[layer].view(batch, n, -1)  # noqa: E731
+            inactive = ~mask[0]
+            assert torch.equal(blocks(h_new)[inactive], blocks(h)[inactive])
+            assert torch.equal(blocks(c_new)[inactive], blocks(c)[inactive])
+            # Active modules really are updated (else the check above proves nothing).
+            changed_somewhere |= not torch.equal(blocks(h_new)[mask[0]], blocks(h)[mask[0]])
+        h, c = h_new, c_new
+    assert changed_somewhere
+
+
+def test_episode_starts_reset_only_flagged_elements():
+    core = make_core().double()
+    batch, steps, reset_at = 3, 7, 3
+    x = torch.randn(steps, batch, INPUT, dtype=torch.float64)
+    state = random_state(core, batch, torch.float64)
+    starts = torch.zeros(steps, batch)
+    starts[reset_at, 1] = 1.0
+
+    out_reset, _ = core(x, state, episode_starts=starts)
+    out_plain, _ = core(x, state)
+    out_fresh, _ = core(x[reset_at:, 1:2], None)
+
+    # Unflagged elements are untouched; the flagged one matches a fresh start from zeros.
+    assert torch.equal(out_reset[:, [0, 2]], out_plain[:, [0, 2]])
+    assert torch.equal(out_reset[:reset_at, 1], out_plain[:reset_at, 1])
+    torch.testing.assert_close(out_reset[reset_at:, 1:2], out_fresh, rtol=0, atol=1e-12)
+    assert not torch.allclose(out_reset[reset_at:, 1], out_plain[reset_at:, 1])
+
+
+def test_bool_episode_starts_match_float():
+    core = make_core()
+    x = torch.randn(5, 2, INPUT)
+    starts = torch.tensor([[0, 1], [0, 0], [1, 0], [0, 0], [1, 1]])
+    out_float, _ = core(x, episode_starts=starts.float())
+    out_bool, _ = core(x, episode_starts=starts.bool())
+    assert torch.equal(out_float, out_bool)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("top_down", ["adjacent", "last_to_first"])
+def test_stepwise_equals_one_call(cell, top_down):
+    # float64 so that the different matmul blocking of T steps vs 1 step cannot flip a top-k choice.
+    core = make_core(cell=cell, top_down=top_down).double()
+    x = torch.randn(10, 3, INPUT, dtype=torch.float64)
+    state = random_state(core, 3, torch.float64)
+    out_all, (h_all, c_all), info_all = core(x, state, return_info=True)
+
+    outputs, masks = [], [[], []]
+    step_state = state
+    for t in range(10):
+        out, step_state, info = core(x[t : t + 1], step_state, return_info=True)
+        outputs.append(out)
+        for layer in range(2):
+            masks[layer].append(info.masks[layer])
+    torch.testing.assert_close(torch.cat(outputs), out_all, rtol=0, atol=1e-12)
+    torch.testing.assert_close(step_state[0], h_all, rtol=0, atol=1e-12)
+    torch.testing.assert_close(step_state[1], c_all, rtol=0, atol=1e-12)
+    for layer in range(2):
+        assert torch.equal(torch.cat(masks[layer]), info_all.masks[layer])
+
+
+def first_step_attention(core: BRIMs, state, layer: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, INPUT)
+    return core(x, state, return_info=True)[2].input_attention[layer]
+
+
+@pytest.mark.parametrize("top_down", ["adjacent", "last_to_first", "none"])
+def test_top_down_signal_reaches_lower_layer(top_down):
+    core = make_core(top_down=top_down)
+    h, c = random_state(core, 2)
+    h_other = h.clone()
+    h_other[1] += 1.0  # only the upper layer's previous state changes
+    before = first_step_attention(core, (h, c), 0)
+    after = first_step_attention(core, (h_other, c), 0)
+    if top_down == "none":
+        assert torch.equal(before, after)
+        assert torch.equal(before[..., 2], torch.zeros_like(before[..., 2]))
+    else:
+        assert not torch.allclose(before, after)
+        assert (before[..., 2] > 0).all()
+
+
+def test_top_down_wiring_in_three_layers():
+    h_change = lambda h, layer: h.index_add(0, torch.tensor([layer]), torch.ones(1, *h.shape[1:]))  # noqa: E731
+    for mode, (source_reaches_layer0, middle_reaches_layer0) in {
+        "adjacent": (False, True),  # layer 0 reads layer 1; layer 2 feeds layer 1 only
+        "last_to_first": (True, False),  # layer 0 reads layer 2 only
+    }.items():
+        core = make_core(top_down=mode, num_layers=3, num_modules=[6, 4, 3], top_k=[4, 2, 2])
+        h, c = random_state(core, 2)
+        base = first_step_attention(core, (h, c), 0)
+        top_changed = first_step_attention(core, (h_change(h, 2), c), 0)
+        middle_changed = first_step_attention(core, (h_change(h, 1), c), 0)
+        assert torch.equal(base, top_changed) != source_reaches_layer0, mode
+        assert torch.equal(base, middle_changed) != middle_reaches_layer0, mode
+
+
+def test_gradients_reach_cells_and_skip_selection():
+    core = make_core()
+    out, _, info = core(torch.randn(6, 4, INPUT), random_state(core, 4), return_info=True)
+    out.square().mean().backward()
+    for layer in core.layers:
+        for name in ("cell_weight", "cell_bias", "query", "comm_qkv", "comm_gate_candidate"):
+            grad = getattr(layer, name).grad
+            assert grad is not None and grad.abs().sum() > 0, name
+    for mask in info.masks:
+        assert mask.grad_fn is None and not mask.requires_grad
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inactive_modules_get_no_gradient(cell):
+    """One step, one env: an inactive module's cell and query are read by communication
+    but receive exactly zero gradient, while every active module's receive some."""
+    core = make_core(cell=cell, num_layers=1, num_modules=6, top_k=2)
+    out, _, info = core(torch.randn(1, 1, INPUT), random_state(core, 1), return_info=True)
+    out.sum().backward()
+    layer = core.layers[0]
+    active = info.masks[0][0, 0]
+    for name in ("cell_weight", "query", "cell_bias"):
+        grad = getattr(layer, name).grad
+        per_module = grad.flatten(1).abs().sum(1)
+        assert torch.equal(per_module[~active], torch.zeros(4)), name
+        assert (per_module[active] > 0).all(), name
+
+
+def test_batch_elements_are_independent():
+    core = make_core()
+    x = torch.randn(5, 4, INPUT, dtype=torch.float64)
+    core = core.double()
+    out_batch, _ = core(x)
+    out_single, _ = core(x[:, 2:3])
+    torch.testing.assert_close(out_batch[:, 2:3], out_single, rtol=0, atol=1e-12)
+
+
+def test_dropout_only_in_training():
+    core = make_core(dropout=0.5)
+    x = torch.randn(4, 2, INPUT)
+    core.eval()
+    assert torch.equal(core(x)[0], core(x)[0])
+    core.train()
+    torch.manual_seed(0)
+    first = core(x)[0]
+    torch.manual_seed(1)
+    assert not torch.equal(first, core(x)[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(top_k=7), r"top_k=7 .*1 <= top_k <= num_modules \(6\)"),
+        (dict(top_k=0), r"top_k=0"),
+        (dict(num_modules=5), r"hidden_size=24 is not divisible by num_modules=5"),
+        (dict(num_modules=[6, 4, 3]), r"num_modules=\[6, 4, 3\].*list of 2 ints"),
+        (dict(top_k=[4]), r"top_k=\[4\].*list of 2 ints"),
+        (dict(cell="rnn"), r"cell='rnn'.*'lstm', 'gru'"),
+        (dict(top_down="sideways"), r"top_down='sideways'.*'adjacent'"),
+        (dict(num_layers=0), r"num_layers=0"),
+        (dict(dropout=1.5), r"dropout=1.5"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, pattern):
+    options = dict(num_layers=2, num_modules=6, top_k=4)
+    options.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        BRIMs(INPUT, HIDDEN, **options)
+
+
+def test_bad_call_inputs_name_the_input():
+    core = make_core()
+    with pytest.raises(ValueError, match=r"input has shape \(3, 2, 11\).*input_size=12"):
+        core(torch.randn(3, 2, INPUT - 1))
+    with pytest.raises(ValueError, match=r"input has shape \(2, 12\)"):
+        core(torch.randn(2, INPUT))
+    good = torch.zeros(2, 2, HIDDEN)
+    with pytest.raises(ValueError, match=r"state h has shape \(1, 2, 24\).*\(2, 2, 24\)"):
+        core(torch.randn(3, 2, INPUT), (torch.zeros(1, 2, HIDDEN), good))
+    with pytest.raises(ValueError, match=r"state c has shape"):
+        core(torch.randn(3, 2, INPUT), (good, torch.zeros(2, 3, HIDDEN)))
+    with pytest.raises(ValueError, match=r"episode_starts has shape \(3,\).*\(3, 2\)"):
+        core(torch.randn(3, 2, INPUT), episode_starts=torch.zeros(3))
+
+
+def test_active_modules_are_those_attending_least_to_null():
+    core = make_core()
+    _, _, info = core(torch.randn(8, 5, INPUT), random_state(core, 5), return_info=True)
+    for mask, attention in zip(info.masks, info.input_attention):
+        null = attention[..., 0]
+        most_null_active = torch.where(mask, null, torch.full_like(null, -1.0)).amax(-1)
+        least_null_inactive = torch.where(mask, torch.full_like(null, 2.0), null).amin(-1)
+        assert (most_null_active <= least_null_inactive).all()
+        # Not vacuous: the null attention really differs between modules.
+        assert (most_null_active < least_null_inactive).any()
