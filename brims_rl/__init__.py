@@ -1,6 +1,19 @@
 """brims-rl: reinforcement learning with BRIMs recurrent cores for Stable-Baselines3."""
 
 from brims_rl.core import BRIMs, BrimsInfo
+from brims_rl.extractor import BrimsExtractor
+from brims_rl.loading import NotABrimsModelError, load
+from brims_rl.policies import BrimsPolicy, CnnBrimsPolicy, MlpBrimsPolicy, MultiInputBrimsPolicy
 
-__all__ = ["BRIMs", "BrimsInfo"]
+__all__ = [
+    "BRIMs",
+    "BrimsInfo",
+    "BrimsExtractor",
+    "BrimsPolicy",
+    "CnnBrimsPolicy",
+    "MlpBrimsPolicy",
+    "MultiInputBrimsPolicy",
+    "NotABrimsModelError",
+    "load",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,123 @@
+"""Recurrent A2C: advantage actor-critic with an LSTM or BRIMs policy.
+
+Neither Stable-Baselines3 nor sb3-contrib has one. Like SB3's A2C (and rl-zoo's Atari
+settings): short rollouts (n_steps 5), ONE gradient step per rollout on the whole rollout,
+plain policy-gradient loss (no ratio, no clipping), TF-like RMSprop. The recurrent part:
+every env's rollout is one sequence, started from the state the policy had at its first
+step, with episode starts handled inside the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import explained_variance
+
+from agents.recurrent_base import SequenceBufferAlgorithm
+
+
+class RecurrentA2C(SequenceBufferAlgorithm):
+    """A2C with a recurrent policy (``"CnnBrimsPolicy"``, ``"CnnLstmPolicy"``, ... or a class).
+
+    Args:
+        learning_rate, n_steps, gamma, gae_lambda, ent_coef, vf_coef, max_grad_norm:
+            as SB3's ``A2C`` (gae_lambda 1.0 gives the classic n-step returns).
+        rms_prop_eps: epsilon of the TF-like RMSprop (alpha 0.99), used unless
+            ``policy_kwargs`` names another ``optimizer_class``.
+        normalize_advantage: normalise advantages over the rollout (off, as in A2C).
+        Other keyword arguments go to the recurrent base (``policy_kwargs``, ``seed``,
+        ``device``, ``tensorboard_log``, ``verbose``, ...).
+    """
+
+    algorithm_name = "RecurrentA2C"
+
+    def __init__(
+        self,
+        policy: Any,
+        env: Union[GymEnv, str],
+        learning_rate: Union[float, Schedule] = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.25,
+        max_grad_norm: float = 0.5,
+        rms_prop_eps: float = 1e-5,
+        normalize_advantage: bool = False,
+        policy_kwargs: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        for ppo_only in ("batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl", "sequence_length"):
+            if ppo_only in kwargs:
+                raise ValueError(
+                    f"RecurrentA2C got {ppo_only}={kwargs[ppo_only]!r}: A2C takes one step on the whole rollout, "
+                    f"so {ppo_only} does not apply"
+                )
+        policy_kwargs = dict(policy_kwargs or {})
+        if "optimizer_class" not in policy_kwargs:
+            policy_kwargs["optimizer_class"] = RMSpropTFLike
+            policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0.0)
+        self.rms_prop_eps = rms_prop_eps
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=None,
+            n_epochs=1,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            normalize_advantage=normalize_advantage,
+            policy_kwargs=policy_kwargs,
+            sequence_length=n_steps,
+            **kwargs,
+        )
+
+    def train(self) -> None:
+        """One gradient step on the whole rollout."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        for rollout_data in self.rollout_buffer.get(batch_size=None):
+            actions = rollout_data.actions
+            if isinstance(self.action_space, spaces.Discrete):
+                actions = actions.long().flatten()
+            values, log_prob, entropy = self.policy.evaluate_actions(
+                rollout_data.observations, actions, rollout_data.lstm_states, rollout_data.episode_starts
+            )
+            values = values.flatten()
+            advantages = rollout_data.advantages
+            if self.normalize_advantage:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            policy_loss = -(advantages * log_prob).mean()
+            value_loss = F.mse_loss(rollout_data.returns, values)
+            entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
+            loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        self._n_updates += 1
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/entropy_loss", entropy_loss.item())
+        self.logger.record("train/policy_loss", policy_loss.item())
+        self.logger.record("train/value_loss", value_loss.item())
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", np.exp(self.policy.log_std.detach().cpu().numpy()).mean())
+
+    def learn(self, total_timesteps: int, callback=None, log_interval: int = 100, tb_log_name: str = "RecurrentA2C",
+              reset_num_timesteps: bool = True, progress_bar: bool = False):
+        return super().learn(total_timesteps, callback=callback, log_interval=log_interval, tb_log_name=tb_log_name,
+                             reset_num_timesteps=reset_num_timesteps, progress_bar=progress_bar)

@@ -1,0 +1,28 @@
+"""Recurrent PPO (LSTM or BRIMs policies) with truncated-BPTT minibatches."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from agents.recurrent_base import SequenceBufferAlgorithm
+
+
+class RecurrentPPO(SequenceBufferAlgorithm):
+    """sb3-contrib's ``RecurrentPPO`` that also knows the BRIMs policies by name
+    (``"CnnBrimsPolicy"``, ``"MlpBrimsPolicy"``, ``"MultiInputBrimsPolicy"``) and trains on
+    fixed-length sequences.
+
+    Args:
+        sequence_length: steps per training sequence (truncated BPTT); each sequence starts
+            from the recurrent state stored at its first step, so nothing is padded. Must
+            divide ``n_steps``, and ``batch_size`` must be a multiple of it. None keeps
+            sb3-contrib's buffer (whole-episode sequences, padded).
+        Everything else: as ``sb3_contrib.RecurrentPPO``.
+
+    A model saved by this class loads with plain ``sb3_contrib.RecurrentPPO.load`` too.
+    """
+
+    algorithm_name = "RecurrentPPO"
+
+    def __init__(self, policy: Any, env: Any, *args: Any, sequence_length: Optional[int] = 16, **kwargs: Any) -> None:
+        super().__init__(policy, env, *args, sequence_length=sequence_length, **kwargs)

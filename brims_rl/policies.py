@@ -1,0 +1,142 @@
+"""Stable-Baselines3 recurrent actor-critic policies whose recurrent core is BRIMs.
+
+They subclass sb3-contrib's ``RecurrentActorCriticPolicy``, so sb3-contrib's
+``RecurrentPPO`` (and our ``agents.RecurrentPPO`` / ``agents.RecurrentA2C``) use them
+like its LSTM policies: ``RecurrentPPO(CnnBrimsPolicy, env)``. The actor and critic heads
+read the top BRIMs layer's output on both the acting and the training path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import Schedule
+
+from brims_rl.core import BRIMs
+
+# 6 modules of 44 units: as wide as sb3-contrib's default 256-unit LSTM, divisible by 6.
+DEFAULT_HIDDEN_SIZE = 264
+
+
+class BrimsPolicy(RecurrentActorCriticPolicy):
+    """Recurrent actor-critic policy with a BRIMs core (MLP features by default).
+
+    BRIMs options (everything else is ``RecurrentActorCriticPolicy``'s):
+        hidden_size: state size of every BRIMs layer.
+        num_layers, num_modules, top_k, cell, top_down: see :class:`brims_rl.BRIMs`.
+        core_kwargs: any further ``BRIMs`` argument (attention sizes, dropout, ...).
+        shared_lstm / enable_critic_lstm: as in sb3-contrib: by default the critic has a
+            BRIMs core of its own; ``shared_lstm=True, enable_critic_lstm=False`` shares the
+            actor's (critic gradient not propagated), both False gives the critic a linear
+            layer on the features.
+
+    Shapes: the core is fed ``(T, n_seq, features_dim)`` and its state is
+    ``(num_layers, n_seq, hidden_size)`` for h and c, exactly as sb3-contrib's LSTM.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *args: Any,
+        hidden_size: int = DEFAULT_HIDDEN_SIZE,
+        num_layers: int = 2,
+        num_modules: Union[int, Sequence[int]] = 6,
+        top_k: Union[int, Sequence[int]] = 4,
+        cell: str = "lstm",
+        top_down: str = "adjacent",
+        core_kwargs: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        for replaced in ("lstm_hidden_size", "n_lstm_layers", "lstm_kwargs"):
+            if replaced in kwargs:
+                raise ValueError(
+                    f"policy_kwargs {replaced!r} does not apply to a BRIMs policy: use hidden_size, "
+                    f"num_layers, num_modules, top_k, cell, top_down and core_kwargs"
+                )
+        self.core_options = dict(
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_modules=num_modules,
+            top_k=top_k,
+            cell=cell,
+            top_down=top_down,
+            **(core_kwargs or {}),
+        )
+        # Check the core's arguments before the parent builds anything, so a bad value
+        # fails with BRIMs' own message, not deep inside SB3.
+        BRIMs(1, **self.core_options)
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            lstm_hidden_size=hidden_size,
+            n_lstm_layers=num_layers,
+            **kwargs,
+        )
+        self.lstm_actor = BRIMs(self.features_dim, **self.core_options)
+        if self.lstm_critic is not None:
+            self.lstm_critic = BRIMs(self.features_dim, **self.core_options)
+        # The parent built its optimizer over the nn.LSTM it made; without a new one the
+        # BRIMs weights would never be trained.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.activation_recorder = None
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        """What ``policy.save`` needs to rebuild this policy, the core's options included."""
+        data = super()._get_constructor_parameters()
+        options = dict(self.core_options)
+        named = ("hidden_size", "num_layers", "num_modules", "top_k", "cell", "top_down")
+        data.update({name: options.pop(name) for name in named})
+        data.update(core_kwargs=options, shared_lstm=self.shared_lstm, enable_critic_lstm=self.enable_critic_lstm)
+        return data
+
+    def _process_sequence(  # type: ignore[override]
+        self,
+        features: torch.Tensor,
+        lstm_states: tuple[torch.Tensor, torch.Tensor],
+        episode_starts: torch.Tensor,
+        lstm: BRIMs,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run a core over ``n_seq`` sequences in one call, resets included.
+
+        features: ``(n_seq * T, features_dim)``, sequence-major (as sb3-contrib lays it out);
+        episode_starts: ``(n_seq * T,)``. Returns ``(n_seq * T, hidden_size)`` and the state.
+        """
+        n_seq = lstm_states[0].shape[1]
+        sequence = features.reshape(n_seq, -1, lstm.input_size).transpose(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)
+        recorder = self.activation_recorder if lstm is self.lstm_actor else None
+        if recorder is not None:
+            out, states, info = lstm(sequence, lstm_states, episode_starts=starts, return_info=True)
+            recorder.record(info)
+        else:
+            out, states = lstm(sequence, lstm_states, episode_starts=starts)
+        return out.transpose(0, 1).reshape(-1, lstm.hidden_size), states
+
+
+class MlpBrimsPolicy(BrimsPolicy):
+    """BRIMs policy over flat observations (``FlattenExtractor``)."""
+
+    def __init__(self, *args: Any, features_extractor_class=FlattenExtractor, **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class CnnBrimsPolicy(BrimsPolicy):
+    """BRIMs policy over image observations (Nature CNN encoder per step)."""
+
+    def __init__(self, *args: Any, features_extractor_class=NatureCNN, **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputBrimsPolicy(BrimsPolicy):
+    """BRIMs policy over dict observations (``CombinedExtractor``)."""
+
+    def __init__(self, *args: Any, features_extractor_class=CombinedExtractor, **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

@@ -1,0 +1,298 @@
+"""BRIMs inside Stable-Baselines3: policies, algorithms, buffer, save/load, extractor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import sb3_contrib
+import torch
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.vec_env import VecFrameStack
+
+import brims_rl
+from agents import RecurrentA2C, RecurrentPPO, SequenceRolloutBuffer
+from brims_rl import BRIMs, BrimsExtractor, CnnBrimsPolicy, MlpBrimsPolicy
+
+TINY_BRIMS = dict(hidden_size=24, num_layers=2, num_modules=[4, 3], top_k=[2, 1])
+
+
+@pytest.fixture(scope="module")
+def pong_env():
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = VecFrameStack(make_atari_env("PongNoFrameskip-v4", n_envs=2, seed=0), n_stack=4, channels_order="last")
+    yield env
+    env.close()
+
+
+@pytest.fixture
+def cartpole_env():
+    env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
+    yield env
+    env.close()
+
+
+def core_snapshot(core: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in core.state_dict().items()}
+
+
+def test_cnn_policy_class_with_sb3_contrib_trains_the_core(pong_env):
+    model = sb3_contrib.RecurrentPPO(
+        CnnBrimsPolicy, pong_env, n_steps=16, batch_size=32, n_epochs=1, policy_kwargs=TINY_BRIMS, seed=0
+    )
+    assert isinstance(model.policy.lstm_actor, BRIMs) and isinstance(model.policy.lstm_critic, BRIMs)
+    optimised = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in model.policy.parameters()} == optimised
+    before = core_snapshot(model.policy.lstm_actor)
+    model.learn(32)
+    after = model.policy.lstm_actor.state_dict()
+    assert all(not torch.equal(before[name], after[name]) for name in before)
+
+
+def test_policy_by_name_and_options(cartpole_env):
+    model = RecurrentPPO(
+        "MlpBrimsPolicy",
+        cartpole_env,
+        n_steps=16,
+        batch_size=32,
+        policy_kwargs=dict(TINY_BRIMS, cell="gru", top_down="last_to_first", core_kwargs=dict(input_heads=2)),
+    )
+    core = model.policy.lstm_actor
+    assert isinstance(model.policy, MlpBrimsPolicy)
+    assert (core.cell, core.top_down, core.num_modules, core.top_k) == ("gru", "last_to_first", [4, 3], [2, 1])
+    assert core.layers[0].input_heads == 2
+
+
+def test_shared_and_no_critic_core(cartpole_env):
+    shared = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32,
+        policy_kwargs=dict(TINY_BRIMS, shared_lstm=True, enable_critic_lstm=False),
+    )
+    assert shared.policy.lstm_critic is None and shared.policy.shared_lstm
+    linear = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=dict(TINY_BRIMS, enable_critic_lstm=False)
+    )
+    assert linear.policy.lstm_critic is None and isinstance(linear.policy.critic, torch.nn.Linear)
+    shared.learn(32)
+    linear.learn(32)
+
+
+def test_bad_policy_options_are_clear(cartpole_env):
+    with pytest.raises(ValueError, match=r"top_k=5 .*num_modules \(4\)"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(hidden_size=24, num_modules=4, top_k=5))
+    with pytest.raises(ValueError, match=r"'lstm_hidden_size' does not apply"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(lstm_hidden_size=64))
+    with pytest.raises(ValueError, match=r"sequence_length=7.*dividing n_steps=32"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=32, sequence_length=7, policy_kwargs=TINY_BRIMS)
+
+
+def count_core_calls(core: torch.nn.Module) -> list[int]:
+    calls = [0]
+    core.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("sequence_length", [8, None])
+def test_training_calls_the_core_once_per_minibatch(cartpole_env, sequence_length):
+    """Episode starts inside a minibatch go into the core: no per-step Python fallback."""
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=32, batch_size=32, n_epochs=2,
+        sequence_length=sequence_length, policy_kwargs=TINY_BRIMS,
+    )
+    model.learn(128)  # one rollout; CartPole episodes end inside it
+    assert model.rollout_buffer.episode_starts.any()
+    calls = count_core_calls(model.policy.lstm_actor)
+    minibatches = sum(1 for _ in model.rollout_buffer.get(32))
+    calls[0] = 0
+    model.train()
+    assert calls[0] == 2 * minibatches
+
+
+@pytest.mark.parametrize("policy", ["MlpBrimsPolicy", "MlpLstmPolicy"])
+def test_chunks_reproduce_rollout_log_probs(cartpole_env, policy):
+    """Training sequences restart from the stored state at each chunk's first step, so
+    evaluating the rollout's actions gives back the rollout's own log-probs and values."""
+    kwargs = TINY_BRIMS if policy == "MlpBrimsPolicy" else dict(lstm_hidden_size=16)
+    model = RecurrentPPO(policy, cartpole_env, n_steps=32, batch_size=64, sequence_length=8, policy_kwargs=kwargs, seed=1)
+    model.learn(128)  # a rollout plus an update, so the states are not all zeros
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    buffer = model.rollout_buffer
+    assert buffer.episode_starts.any()
+    model.policy.set_training_mode(False)
+    seen = 0
+    with torch.no_grad():
+        for batch in buffer.get(64):
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+            torch.testing.assert_close(log_prob, batch.old_log_prob, rtol=0, atol=1e-5)
+            torch.testing.assert_close(values.flatten(), batch.old_values, rtol=0, atol=1e-5)
+            seen += len(log_prob)
+    assert seen == 32 * 4
+
+
+def test_sequence_buffer_chunks_are_consecutive_steps_of_one_env():
+    n_steps, n_envs, length, layers, hidden = 12, 3, 4, 2, 5
+    space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    buffer = SequenceRolloutBuffer(
+        n_steps, space, gym.spaces.Discrete(2), (n_steps, layers, n_envs, hidden), "cpu", n_envs=n_envs,
+        sequence_length=length,
+    )
+    for step in range(n_steps):
+        code = torch.tensor([100.0 * env + step for env in range(n_envs)])
+        state = code.view(1, n_envs, 1).expand(layers, n_envs, hidden).contiguous()
+        buffer.add(
+            code.numpy().reshape(n_envs, 1), np.zeros((n_envs, 1)), np.zeros(n_envs), np.zeros(n_envs),
+            torch.zeros(n_envs), torch.zeros(n_envs), lstm_states=RNNStates((state, -state), (state, state)),
+        )
+    buffer.compute_returns_and_advantage(torch.zeros(n_envs), np.zeros(n_envs))
+    codes = []
+    for batch in buffer.get(8):
+        chunks = batch.observations.view(-1, length)
+        assert torch.equal(chunks - chunks[:, :1], torch.arange(length).expand_as(chunks).float())
+        assert torch.equal(batch.lstm_states.pi[0][0, :, 0], chunks[:, 0])
+        assert torch.equal(batch.lstm_states.pi[1][1, :, 0], -chunks[:, 0])
+        codes.append(batch.observations.flatten())
+    assert sorted(torch.cat(codes).tolist()) == sorted(100.0 * e + s for e in range(n_envs) for s in range(n_steps))
+    with pytest.raises(ValueError, match=r"batch_size=6.*multiple of sequence_length=4"):
+        next(buffer.get(6))
+
+
+SAVED_PREDICT = textwrap.dedent(
+    """
+    import sys, numpy as np, sb3_contrib
+    data = np.load(sys.argv[2])
+    model = sb3_contrib.RecurrentPPO.load(sys.argv[1], device="cpu")
+    print(type(model.policy).__module__, type(model.policy).__name__, type(model.policy.lstm_actor).__name__)
+    state, actions = None, []
+    for obs, start in zip(data["obs"], data["starts"]):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        actions.append(action)
+    np.save(sys.argv[3], np.array(actions))
+    """
+)
+
+
+def deterministic_actions(model, observations, starts):
+    state, actions = None, []
+    for obs, start in zip(observations, starts):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        actions.append(action)
+    return np.array(actions)
+
+
+def test_save_then_plain_sb3_contrib_load_in_fresh_process(tmp_path, pong_env):
+    model = RecurrentPPO("CnnBrimsPolicy", pong_env, n_steps=16, batch_size=32, policy_kwargs=TINY_BRIMS, seed=0)
+    model.learn(32)
+    obs = [pong_env.reset()]
+    for _ in range(11):
+        obs.append(pong_env.step(np.array([pong_env.action_space.sample() for _ in range(2)]))[0])
+    observations = np.array(obs)
+    starts = np.zeros((12, 2), dtype=bool)
+    starts[0] = starts[6, 1] = True
+    expected = deterministic_actions(model, observations, starts)
+    model.save(tmp_path / "model.zip")
+    np.savez(tmp_path / "inputs.npz", obs=observations, starts=starts)
+    script = tmp_path / "predict.py"
+    script.write_text(SAVED_PREDICT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "model.zip"), str(tmp_path / "inputs.npz"), str(tmp_path / "a.npy")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "brims_rl.policies CnnBrimsPolicy BRIMs" in result.stdout
+    assert np.array_equal(np.load(tmp_path / "a.npy"), expected)
+
+
+def test_recurrent_a2c_one_step_per_rollout_and_roundtrip(tmp_path, cartpole_env):
+    model = RecurrentA2C("MlpBrimsPolicy", cartpole_env, policy_kwargs=TINY_BRIMS, seed=0)
+    assert isinstance(model.policy.optimizer, RMSpropTFLike)
+    assert model.n_steps == 5 and model.rollout_buffer.sequence_length == 5
+    steps = [0]
+    model.policy.optimizer.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+    model.learn(5 * 4 * 7)
+    assert steps[0] == 7
+    observations = np.array([cartpole_env.reset()] * 3)
+    starts = np.array([[True] * 4, [False] * 4, [False] * 4])
+    expected = deterministic_actions(model, observations, starts)
+    model.save(tmp_path / "a2c.zip")
+    loaded = brims_rl.load(tmp_path / "a2c.zip")
+    assert type(loaded) is RecurrentA2C and isinstance(loaded.policy, MlpBrimsPolicy)
+    assert np.array_equal(deterministic_actions(loaded, observations, starts), expected)
+    with pytest.raises(ValueError, match=r"batch_size=32: .*does not apply"):
+        RecurrentA2C("MlpBrimsPolicy", cartpole_env, batch_size=32)
+
+
+def test_recurrent_a2c_with_lstm_learns_something(cartpole_env):
+    model = RecurrentA2C("MlpLstmPolicy", cartpole_env, policy_kwargs=dict(lstm_hidden_size=16), seed=0)
+    before = core_snapshot(model.policy.lstm_actor)
+    model.learn(400)
+    assert any(not torch.equal(before[k], v) for k, v in model.policy.lstm_actor.state_dict().items())
+
+
+def test_brims_load_knows_our_algorithms_and_rejects_others(tmp_path, cartpole_env):
+    model = RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=TINY_BRIMS)
+    model.save(tmp_path / "ppo.zip")
+    assert type(brims_rl.load(tmp_path / "ppo.zip")) is RecurrentPPO
+    plain = sb3_contrib.RecurrentPPO("MlpLstmPolicy", cartpole_env, n_steps=16, batch_size=32)
+    plain.save(tmp_path / "contrib.zip")
+    assert isinstance(brims_rl.load(tmp_path / "contrib.zip"), sb3_contrib.RecurrentPPO)
+
+    PPO("MlpPolicy", cartpole_env, n_steps=16).save(tmp_path / "foreign.zip")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
+        archive.writestr("readme", "hello")
+    with pytest.raises(brims_rl.NotABrimsModelError, match=r"foreign.zip.*not one brims-rl wrote"):
+        brims_rl.load(tmp_path / "foreign.zip")
+    with pytest.raises(brims_rl.NotABrimsModelError, match=r"notes.txt.*is not a brims-rl model"):
+        brims_rl.load(tmp_path / "notes.txt")
+    with pytest.raises(brims_rl.NotABrimsModelError, match=r"empty.zip.*is not a brims-rl model"):
+        brims_rl.load(tmp_path / "empty.zip")
+    with pytest.raises(FileNotFoundError, match=r"missing.zip"):
+        brims_rl.load(tmp_path / "missing.zip")
+
+
+def test_lstm_baseline_through_our_ppo(pong_env):
+    model = RecurrentPPO("CnnLstmPolicy", pong_env, n_steps=16, batch_size=32, policy_kwargs=dict(lstm_hidden_size=32))
+    before = core_snapshot(model.policy.lstm_actor)
+    model.learn(32)
+    assert any(not torch.equal(before[k], v) for k, v in model.policy.lstm_actor.state_dict().items())
+
+
+@pytest.mark.parametrize("algorithm", [PPO, A2C])
+def test_brims_extractor_with_plain_sb3(pong_env, algorithm):
+    kwargs = dict(n_steps=16, batch_size=32) if algorithm is PPO else dict(n_steps=5)
+    model = algorithm(
+        "CnnPolicy", pong_env,
+        policy_kwargs=dict(
+            features_extractor_class=BrimsExtractor,
+            features_extractor_kwargs=dict(hidden_size=24, frame_features=32, core_kwargs=dict(num_modules=4, top_k=2)),
+        ),
+        **kwargs,
+    )
+    extractor = model.policy.features_extractor
+    assert isinstance(extractor, BrimsExtractor) and extractor.features_dim == 24
+    before = core_snapshot(extractor.core)
+    model.learn(32)
+    assert any(not torch.equal(before[k], v) for k, v in extractor.core.state_dict().items())
+    obs = torch.as_tensor(model.env.reset()).float() / 255.0  # SB3 made the stack channel-first
+    assert obs.shape == (2, 4, 84, 84)
+    assert extractor(obs).shape == (2, 24)
+
+
+def test_brims_extractor_rejects_flat_observations():
+    with pytest.raises(ValueError, match=r"channel-first image stacks"):
+        BrimsExtractor(gym.spaces.Box(0, 1, (8,), np.float32))
