@@ -1,0 +1,75 @@
+"""Environment construction for brims-rl.
+
+* Atari: :func:`make_atari_vec_env` (ale-py's C++ vector env behind :class:`AleVecEnv`, or
+  SB3's ``AtariWrapper`` pipeline), game names via :func:`normalize_game_id`,
+  :func:`list_atari_games`, :func:`is_atari_id`.
+* Robustness wrappers: :class:`GaussianNoise`, :class:`Flicker`, :class:`Occlusion`,
+  :func:`apply_robustness`.
+* Small memory tasks registered at import: ``BrimsRL/MaskedCartPole-v0``,
+  ``BrimsRL/CueMemory-v0``; :func:`make_vec_env` for them and :func:`make_env` for anything.
+
+``import envs`` stays light (gymnasium only): the parts that need stable-baselines3 (and so
+torch) or ale-py load on first use of the name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from envs.memory_tasks import CUE_MEMORY_ID, MASKED_CARTPOLE_ID, CueMemoryEnv, MaskedCartPoleEnv, register_tasks
+
+register_tasks()
+
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    "make_atari_vec_env": "envs.atari",
+    "normalize_game_id": "envs.atari",
+    "list_atari_games": "envs.atari",
+    "is_atari_id": "envs.atari",
+    "AleVecEnv": "envs.ale_vec_env",
+    "GaussianNoise": "envs.robustness",
+    "Flicker": "envs.robustness",
+    "Occlusion": "envs.robustness",
+    "apply_robustness": "envs.robustness",
+    "make_vec_env": "envs.factory",
+    "make_env": "envs.factory",
+}
+
+if TYPE_CHECKING:
+    from envs.ale_vec_env import AleVecEnv
+    from envs.atari import is_atari_id, list_atari_games, make_atari_vec_env, normalize_game_id
+    from envs.factory import make_env, make_vec_env
+    from envs.robustness import Flicker, GaussianNoise, Occlusion, apply_robustness
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'envs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "make_atari_vec_env",
+    "make_vec_env",
+    "make_env",
+    "normalize_game_id",
+    "list_atari_games",
+    "is_atari_id",
+    "AleVecEnv",
+    "GaussianNoise",
+    "Flicker",
+    "Occlusion",
+    "apply_robustness",
+    "CueMemoryEnv",
+    "MaskedCartPoleEnv",
+    "CUE_MEMORY_ID",
+    "MASKED_CARTPOLE_ID",
+]
