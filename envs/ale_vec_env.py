@@ -196,6 +196,9 @@ class AleVecEnv(VecEnv):
                         self._stack_fill[i] = 1  # SB3's VecFrameStack restarts the stack on any done
                 else:
                     info["terminal_observation"] = np.array(final_obs[i])
+                    # ``lives`` from the C++ env already belong to the next game; report the
+                    # finished game's, as SB3's envs do (0 after losing the last life).
+                    info["lives"] = 0 if terminated[i] else int(self._lives[i])
                     info["episode"] = {
                         "r": float(self._episode_return[i]),
                         "l": int(self._episode_length[i]),

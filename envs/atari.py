@@ -203,6 +203,11 @@ def make_atari_vec_env(
     from envs.robustness import apply_robustness, parse_robustness
 
     robustness = parse_robustness(noise=noise, flicker=flicker, occlusion=occlusion)
+    if "occlusion" in robustness and robustness["occlusion"]["size"] > screen_size:
+        raise ValueError(
+            f"occlusion size={robustness['occlusion']['size']!r} is invalid: it must be an integer pixel "
+            f"count in [1, {screen_size}] (screen_size={screen_size})"
+        )
 
     venv: VecEnv
     if backend == "ale":

@@ -67,7 +67,7 @@ class CueMemoryEnv(gym.Env[np.ndarray, int]):
         noise_std: std of Gaussian noise on the blank steps (0: exact zeros).
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, delay: int = 5, n_cues: int = 2, noise_std: float = 0.0, render_mode: str | None = None) -> None:
         if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)) or delay < 0:
