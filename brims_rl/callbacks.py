@@ -1,0 +1,139 @@
+"""TensorBoard logging of which BRIMs modules activate in which layer during training."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Image, TensorBoardOutputFormat
+
+from brims_rl.activations import (
+    ActivationRecorder,
+    activation_heatmap,
+    custom_scalars_layout,
+    layer_scalars,
+    layer_tag,
+    write_usage_histogram,
+)
+from brims_rl.policies import BrimsPolicy
+
+# The per-module scalars would swamp SB3's console table; they go to TensorBoard, CSV and JSON.
+_NOT_ON_CONSOLE = ("stdout", "log")
+_TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+
+
+class ModuleActivationCallback(BaseCallback):
+    """Log the BRIMs actor core's module activity to TensorBoard, once per ``log_interval`` rollouts.
+
+    During a logged rollout an :class:`~brims_rl.activations.ActivationRecorder` is attached
+    to ``model.policy.activation_recorder`` (and detached before the gradient updates, so only
+    the acting passes are seen). Other rollouts run without it and cost nothing.
+
+    Written per layer ``l`` (see the module docstring of :mod:`brims_rl.activations`):
+    scalars ``brims/layer{l}/module{i}/active_frac``, ``brims/layer{l}/attention/{null,
+    bottom_up,top_down}``, ``brims/layer{l}/switch_rate``, ``brims/layer{l}/usage_entropy``
+    (through SB3's logger, so they are dumped with the other training scalars); and, when
+    the model logs to TensorBoard, the image ``brims/layer{l}/activation_heatmap`` (modules x
+    steps of env ``heatmap_env`` over the rollout), the histogram
+    ``brims/layer{l}/activation_frequency`` (one bucket per module) and, once, a
+    custom-scalars layout with one multiline chart per layer.
+
+    Args:
+        log_interval: record and log every this many rollouts (>= 1).
+        heatmap_env: which env of the vector env the heatmap shows.
+        verbose: 1 prints each layer's active fractions when logged.
+    """
+
+    def __init__(self, log_interval: int = 1, heatmap_env: int = 0, verbose: int = 0) -> None:
+        _check_int("log_interval", log_interval, 1)
+        _check_int("heatmap_env", heatmap_env, 0)
+        super().__init__(verbose)
+        self.log_interval = log_interval
+        self.heatmap_env = heatmap_env
+        self.recorder = ActivationRecorder()
+        self._rollouts = 0
+        self._recording = False
+        self._next_starts: Optional[np.ndarray] = None
+        self._layout_written = False
+
+    def _init_callback(self) -> None:
+        policy = self.model.policy
+        if not isinstance(policy, BrimsPolicy):
+            raise ValueError(
+                f"ModuleActivationCallback needs a BRIMs policy (CnnBrimsPolicy, MlpBrimsPolicy or "
+                f"MultiInputBrimsPolicy), but the model's policy is {type(policy).__name__}"
+            )
+        n_envs = self.training_env.num_envs
+        if self.heatmap_env >= n_envs:
+            raise ValueError(f"heatmap_env={self.heatmap_env}: the training env has {n_envs} envs (0..{n_envs - 1})")
+
+    def _tensorboard_writer(self):
+        for output in self.logger.output_formats:
+            if isinstance(output, TensorBoardOutputFormat):
+                return output.writer
+        return None
+
+    def _on_rollout_start(self) -> None:
+        self._rollouts += 1
+        self._recording = (self._rollouts - 1) % self.log_interval == 0
+        if not self._recording:
+            return
+        self.recorder.reset()
+        self.model.policy.activation_recorder = self.recorder
+        # The flags sb3-contrib feeds the core at this rollout's first step.
+        self._next_starts = np.asarray(self.model._last_episode_starts, dtype=bool).copy()
+
+    def _on_step(self) -> bool:
+        if self._recording:
+            self.recorder.end_step(self._next_starts)
+            self._next_starts = np.asarray(self.locals["dones"], dtype=bool)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self._recording:
+            return
+        self.model.policy.activation_recorder = None
+        self._recording = False
+        if self.recorder.num_steps == 0:
+            return
+        self._log()
+        # Drop the references to the rollout's tensors until the next logged rollout.
+        self.recorder.reset()
+
+    def _on_training_end(self) -> None:
+        # learn() may stop mid-rollout (a callback returning False): never leave the recorder on.
+        self.model.policy.activation_recorder = None
+        self._recording = False
+
+    def _log(self) -> None:
+        stats = self.recorder.statistics()
+        for layer, layer_stats in enumerate(stats):
+            scalars = layer_scalars(
+                layer, layer_stats.active_frac, layer_stats.attention, layer_stats.switch_rate, layer_stats.usage_entropy
+            )
+            for tag, value in scalars.items():
+                self.logger.record(tag, value, exclude=_NOT_ON_CONSOLE)
+            if self.verbose >= 1:
+                fractions = np.array2string(layer_stats.active_frac, precision=2)
+                print(f"brims layer {layer}: active fractions {fractions}, switch rate {layer_stats.switch_rate:.3f}")
+
+        writer = self._tensorboard_writer()
+        if writer is None:
+            return
+        step = self.num_timesteps
+        if not self._layout_written:
+            writer.add_custom_scalars(custom_scalars_layout([len(s.active_frac) for s in stats]))
+            self._layout_written = True
+        starts = self.recorder.episode_starts()
+        env_starts = None if starts is None else starts[:, self.heatmap_env]
+        for layer, (mask, layer_stats) in enumerate(zip(self.recorder.masks(), stats)):
+            heatmap = activation_heatmap(mask[:, self.heatmap_env].cpu().numpy(), env_starts)
+            self.logger.record(layer_tag(layer, "activation_heatmap"), Image(heatmap, "HWC"), exclude=_TENSORBOARD_ONLY)
+            write_usage_histogram(writer, layer_tag(layer, "activation_frequency"), layer_stats.usage_counts, step)
+        writer.flush()
