@@ -1,0 +1,268 @@
+"""End-to-end tests of the ``brims-rl`` command line, driven in subprocesses.
+
+One tiny BRIMs-PPO run on Pong (2 envs, 256 steps, games cut at 100 agent steps) is trained
+once per module; the other tests resume, evaluate, analyse and film it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.config import TrainConfig, resolve_config
+
+# Keep each CLI process to one torch thread: the suite shares 2 cores.
+THREADS = ("--threads", "1")
+# A run small enough for seconds: 2 envs x 32 steps, 4 rollouts; max_episode_steps=400 emulator
+# frames = 100 agent steps, so Pong games (and so evaluations) end quickly.
+TINY = (
+    "--n-envs", "2", "--timesteps", "256", "--no-progress-bar",
+    "--set", "n_steps=32", "--set", "batch_size=32", "--set", "n_epochs=1",
+    "--set", "policy_kwargs.hidden_size=24", "--set", "max_episode_steps=400",
+    "--set", "eval_freq=128", "--set", "eval_episodes=1", "--set", "checkpoint_freq=128",
+    "--set", "activation_log_interval=1",
+)
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``python -m brims_rl.cli ARGS`` and return the finished process (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "brims_rl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def ok(process: subprocess.CompletedProcess) -> str:
+    assert process.returncode == 0, f"exit {process.returncode}\nstdout:\n{process.stdout}\nstderr:\n{process.stderr}"
+    return process.stdout
+
+
+def scalars(event_file: Path, tag: str) -> dict[int, float]:
+    """``{step: value}`` of one scalar tag, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    ok(cli("train", "--env", "PongNoFrameskip-v4", "--run-dir", str(root), "--name", "tiny", *TINY, *THREADS))
+    return root / "tiny"
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_writes_a_complete_run_folder(run_dir: Path) -> None:
+    from stable_baselines3.common.monitor import load_results
+
+    from agents.train import saved_num_timesteps
+
+    for name in ("config.yaml", "model.zip", "best_model.zip", "evaluations.npz", "monitor.csv"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["model_128_steps.zip", "model_256_steps.zip"]
+    assert not list(run_dir.rglob(".*tmp*")), "temp files left behind"
+    assert saved_num_timesteps(run_dir / "model.zip") == 256
+
+    config = TrainConfig.load(run_dir / "config.yaml")
+    assert (config.algo, config.policy, config.env_id) == ("ppo", "brims", "PongNoFrameskip-v4")
+    assert config.hyperparams["n_envs"] == 2 and config.hyperparams["policy_kwargs"]["hidden_size"] == 24
+
+    # Raw game scores, one row per game (cut at 100 agent steps), not per life / clipped reward.
+    monitor = load_results(str(run_dir))
+    assert len(monitor) == 2 and (monitor["l"] == 100).all()
+    assert monitor["r"].between(-21, 21).all()
+
+    with np.load(run_dir / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [128, 256]
+        assert evaluations["ep_lengths"].tolist() == [[100], [100]]
+
+    event_files = list((run_dir / "tb" / "run_1").glob("events.out.tfevents.*"))
+    assert len(event_files) == 1
+    learning_rate = scalars(event_files[0], "train/learning_rate").values()
+    # lin_2.5e-4 over 256 steps: the update after the rollout ending at step 64 used 2.5e-4 * (1 - 64/256).
+    assert pytest.approx(2.5e-4 * 0.75, rel=1e-4) in list(learning_rate)
+    assert set(scalars(event_files[0], "eval/mean_reward")) == {128, 256}
+
+
+def test_resume_continues_steps_schedules_and_tensorboard(run_dir: Path, tmp_path: Path) -> None:
+    from agents.train import resolve_resume, saved_num_timesteps
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    assert resolve_resume(run)[1] == run / "checkpoints" / "model_256_steps.zip"
+    out = ok(cli("train", "--resume", str(run / "checkpoints" / "model_128_steps.zip"), "--no-progress-bar", *THREADS))
+    assert "Resuming" in out
+    assert saved_num_timesteps(run / "model.zip") == 256
+
+    assert not (run / "tb" / "run_2").exists(), "a resumed run must continue its TensorBoard run"
+    event_files = sorted((run / "tb" / "run_1").glob("events.out.tfevents.*"), key=os.path.getmtime)
+    assert len(event_files) == 2
+    learning_rate = scalars(event_files[-1], "train/learning_rate")
+    # Steps continue from 128, and the schedule from where it was: the update after the rollout
+    # ending at 192 uses 2.5e-4 * (1 - 192/256); a restarted one would use 2.5e-4 * (1 - 64/128).
+    assert min(learning_rate) >= 192
+    assert pytest.approx(2.5e-4 * 0.25, rel=1e-4) in list(learning_rate.values())
+    assert pytest.approx(2.5e-4 * 0.5, rel=1e-4) not in list(learning_rate.values())
+    with np.load(run / "evaluations.npz") as evaluations:  # history kept, new evaluation appended
+        assert evaluations["timesteps"].tolist() == [128, 256, 256]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "brims_rl.cli", "train", "--env", "pong", "--run-dir", str(tmp_path), "--name", "stop",
+         *TINY, "--timesteps", "1000000", *THREADS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    tb = tmp_path / "stop" / "tb" / "run_1"
+    deadline = time.time() + 120
+    while not (tb.is_dir() and any(tb.iterdir())) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside model.learn now
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"resume with: brims-rl train --resume {tmp_path / 'stop'}" in err
+    checkpoints = list((tmp_path / "stop" / "checkpoints").glob("model_*_steps.zip"))
+    assert checkpoints and not (tmp_path / "stop" / "model.zip").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "algo, policy, env, extra",
+    [
+        ("a2c", "brims", "BrimsRL/CueMemory-v0", ("--set", "n_steps=5", "--set", "policy_kwargs.hidden_size=24")),
+        ("ppo", "cnn", "pong", ("--set", "n_steps=32", "--set", "batch_size=32", "--set", "max_episode_steps=400")),
+    ],
+)
+def test_other_algorithms_and_policies_train_and_evaluate(algo, policy, env, extra, tmp_path: Path) -> None:
+    ok(cli("train", "--algo", algo, "--policy", policy, "--env", env, "--run-dir", str(tmp_path), "--name", "r",
+           "--n-envs", "2", "--timesteps", "64", "--set", "eval_freq=0", "--no-progress-bar", *extra, *THREADS))
+    config = TrainConfig.load(tmp_path / "r" / "config.yaml")
+    if policy == "cnn":
+        assert config.hyperparams["frame_stack"] == 4
+    out = ok(cli("eval", str(tmp_path / "r"), "--episodes", "1", "--max-steps", "400", *THREADS))
+    assert re.search(r"mean score: -?[\d.]+ \+/- [\d.]+ over 1 episodes", out)
+
+
+# --------------------------------------------------------------------------- eval / analyze / record
+
+
+def test_eval_prints_raw_scores_with_robustness(run_dir: Path) -> None:
+    out = ok(cli("eval", str(run_dir), "--episodes", "2", "--n-envs", "2", "--noise", "10", "--flicker", "0.3", *THREADS))
+    episodes = re.findall(r"episode \d+: score (-?\d+), length (\d+)", out)
+    assert len(episodes) == 2 and all(length == "100" for _, length in episodes)
+    mean, std, n = re.search(r"mean score: (-?[\d.]+) \+/- ([\d.]+) over (\d+) episodes", out).groups()
+    scores = [float(score) for score, _ in episodes]
+    assert float(mean) == pytest.approx(np.mean(scores), abs=0.01) and int(n) == 2
+
+
+def test_analyze_writes_npz_and_tensorboard(run_dir: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "analysis"
+    ok(cli("analyze", str(run_dir), "--episodes", "1", "--out", str(out_dir), *THREADS))
+    with np.load(out_dir / "analysis.npz") as data:
+        for layer in (0, 1):
+            masks = data[f"layer{layer}_masks"]
+            assert masks.shape[1:] == (1, 6) and masks.shape[0] >= 100
+            assert (masks.sum(-1) == 4).all()  # top-4 of 6 active at every step
+            assert data[f"layer{layer}_attention"].shape == (*masks.shape, 3)
+    assert list(out_dir.glob("events.out.tfevents.*"))
+
+
+def test_record_writes_a_decodable_mp4(run_dir: Path, tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    video = tmp_path / "pong.mp4"
+    out = ok(cli("record", str(run_dir), "--out", str(video), "--max-steps", "30", *THREADS))
+    assert "30 frames" in out
+    reader = imageio.get_reader(video)
+    frames = [frame for frame in reader]
+    reader.close()
+    assert len(frames) == 30 and frames[0].shape == (210, 160, 3)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+def test_list_envs() -> None:
+    out = ok(cli("list-envs"))
+    assert "pong" in out and "breakout" in out and "BrimsRL/CueMemory-v0" in out
+
+
+def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from brims_rl.cli import main
+
+    assert "train" in ok(cli("--help"))
+    for command in ("train", "eval", "record", "analyze", "list-envs"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"brims-rl {command}" in capsys.readouterr().out.split("examples:")[1]
+
+
+def _not_a_model(tmp_path: Path) -> str:
+    path = tmp_path / "junk.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (("train", "--env", "NoSuchGame-v9"), "NoSuchGame-v9"),
+        (("train", "--env", "pong", "--set", "n_stepz=5"), "n_stepz"),
+        (("train", "--env", "pong", "--set", "learning_rate=fast"), "learning_rate"),
+        (("train", "--env", "pong", "--set", "sequence_length=5"), "sequence_length"),
+        (("train", "--algo", "sac"), "sac"),
+        (("eval", "no/such/run"), "no/such/run"),
+        (("train", "--resume", "no/such/run"), "no/such/run"),
+        (("eval", "JUNK", "--env", "pong"), "junk.zip"),
+        (("record", "no/such/run", "--out", "video.avi"), ".avi"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args: tuple[str, ...], named: str, tmp_path: Path) -> None:
+    args = tuple(_not_a_model(tmp_path) if a == "JUNK" else a for a in args)
+    process = cli(*args, cwd=tmp_path)
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    assert named in process.stderr and "error" in process.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_configs_resolve_with_the_design_defaults() -> None:
+    quick = resolve_config("ppo")
+    assert (quick.env_id, quick.policy) == ("PongNoFrameskip-v4", "brims")
+    assert quick.hyperparams["total_timesteps"] <= 30_000
+    expected = dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_2.5e-4", clip_range="lin_0.1",
+                    ent_coef=0.01, vf_coef=0.5, gamma=0.99, gae_lambda=0.95, max_grad_norm=0.5, sequence_length=16,
+                    frame_stack=1)
+    brims = resolve_config("ppo", "brims", "breakout").hyperparams
+    assert {k: brims[k] for k in expected} == expected
+    assert resolve_config("ppo", "cnn", "breakout").hyperparams["frame_stack"] == 4
+    assert resolve_config("ppo", "lstm", "pong").hyperparams["policy_kwargs"] == {"lstm_hidden_size": 256}
+    a2c = resolve_config("a2c", "brims", "pong").hyperparams
+    assert (a2c["n_envs"], a2c["n_steps"], a2c["learning_rate"], a2c["vf_coef"]) == (16, 5, 7e-4, 0.25)
+    for policy in ("brims", "lstm", "cnn"):
+        for env in ("pong", "BrimsRL/CueMemory-v0"):
+            resolve_config("a2c", policy, env).algorithm_kwargs()
+    # --set wins over the file; flags win over --set.
+    config = resolve_config("ppo", "brims", "pong", overrides=["n_envs=4", "policy_kwargs.top_k=2"], n_envs=2)
+    assert config.hyperparams["n_envs"] == 2 and config.hyperparams["policy_kwargs"]["top_k"] == 2
+    with pytest.raises(ValueError, match="activation_log_interval"):
+        resolve_config("ppo", "lstm", "pong", overrides=["activation_log_interval=5"])
