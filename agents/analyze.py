@@ -29,7 +29,6 @@ end may belong to episodes that are not counted in ``episode_returns``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -172,13 +171,13 @@ def _write_npz(out_dir: Path, trace: dict[str, Any]) -> Path:
     arrays["slots"] = np.asarray(SLOTS)
     path = out_dir / NPZ_NAME
     # Write aside and rename, so a crash never leaves a truncated analysis.npz behind.
-    with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".analysis-", suffix=".npz", delete=False) as handle:
-        try:
+    partial = out_dir / f".{NPZ_NAME}.{os.getpid()}.partial"
+    try:
+        with open(partial, "wb") as handle:
             np.savez_compressed(handle, **arrays)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

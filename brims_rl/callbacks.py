@@ -87,12 +87,14 @@ class ModuleActivationCallback(BaseCallback):
         self.recorder.reset()
         self.model.policy.activation_recorder = self.recorder
         # The flags sb3-contrib feeds the core at this rollout's first step.
-        self._next_starts = np.asarray(self.model._last_episode_starts, dtype=bool).copy()
+        starts = getattr(self.model, "_last_episode_starts", None)
+        self._next_starts = None if starts is None else np.asarray(starts, dtype=bool).copy()
 
     def _on_step(self) -> bool:
         if self._recording:
             self.recorder.end_step(self._next_starts)
-            self._next_starts = np.asarray(self.locals["dones"], dtype=bool)
+            dones = self.locals.get("dones")
+            self._next_starts = None if dones is None else np.asarray(dones, dtype=bool)
         return True
 
     def _on_rollout_end(self) -> None:

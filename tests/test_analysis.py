@@ -372,14 +372,14 @@ def test_run_analysis_npz_is_aligned_on_the_step_axis(analysis):
         np.testing.assert_allclose(data[f"layer{layer}_coactivation"], flat.T @ flat / len(flat), atol=1e-6)
 
 
-def test_run_analysis_is_reproducible(analysis):
+def test_run_analysis_is_reproducible(analysis, tmp_path):
     # Deterministic play of the same weights on the same env seed gives the same trace.
-    out_dir, path = analysis
+    _, path = analysis
     data = np.load(path)
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env)
     eval_env = envs.make_env(CUE, n_envs=N_ENVS, seed=1)
-    again = np.load(run_analysis(model, eval_env, n_episodes=5, out_dir=out_dir / "again"))
+    again = np.load(run_analysis(model, eval_env, n_episodes=5, out_dir=tmp_path))
     for key in ("layer0_masks", "layer1_masks", "actions", "dones"):
         assert np.array_equal(again[key], data[key])
     env.close()
