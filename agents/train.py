@@ -61,8 +61,13 @@ class TrainResult:
 
     run_dir: Path
     model_path: Path
-    num_timesteps: int
-    seconds: float
+    num_timesteps: int  # in all, steps of earlier sessions of a resumed run included
+    steps_trained: int  # in this session
+    seconds: float  # of this session's learning
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_trained / self.seconds if self.seconds > 0 else float("nan")
 
 
 # --------------------------------------------------------------------------- files
@@ -130,11 +135,14 @@ class RawScoreMonitor(VecEnvWrapper):
 
     def __init__(self, venv: VecEnv, filename: Optional[Union[str, Path]] = None, env_id: str = "") -> None:
         super().__init__(venv)
+        self.filename = Path(filename) if filename is not None else None
+        self.env_id = env_id
         self._file = None
         self._t_start = time.time()
-        if filename is None:
-            return
-        path = Path(filename)
+
+    def _open(self) -> None:
+        """Open the CSV at the first reset, so building a run that then fails writes nothing."""
+        path = self.filename
         if path.is_file() and path.stat().st_size > 0:
             with path.open() as existing:
                 header = existing.readline()
@@ -145,11 +153,13 @@ class RawScoreMonitor(VecEnvWrapper):
             self._file = path.open("a")
         else:
             self._file = path.open("w")
-            self._file.write("#" + json.dumps({"t_start": self._t_start, "env_id": env_id}) + "\n")
+            self._file.write("#" + json.dumps({"t_start": self._t_start, "env_id": self.env_id}) + "\n")
             self._file.write("r,l,t\n")
             self._file.flush()
 
     def reset(self) -> Any:
+        if self.filename is not None and self._file is None:
+            self._open()
         return self.venv.reset()
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -419,8 +429,6 @@ def train(
         TrainingInterrupted: on Ctrl-C, after saving a checkpoint.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_NAME)
     total = config.hyperparams["total_timesteps"]
     n_envs = config.hyperparams.get("n_envs", 1)
     tb_dir = str(run_dir / TB_DIR)
@@ -439,6 +447,9 @@ def train(
             model = load(resume_from, env=env, device=config.device)
             model.tensorboard_log = tb_dir  # the run folder may have moved since
             model.verbose = verbose
+        # Only now that the model exists (bad policy settings fail above) does the run folder appear.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_NAME)
         callbacks, eval_envs = build_callbacks(config, run_dir, eval_seed=seed + 10_000)
         opened += eval_envs
         remaining = total - model.num_timesteps
@@ -456,8 +467,9 @@ def train(
             except KeyboardInterrupt:
                 checkpoint = atomic_save(model, checkpoint_path(run_dir, model.num_timesteps))
                 raise TrainingInterrupted(run_dir, checkpoint, model.num_timesteps) from None
+        seconds = time.time() - started
         model_path = atomic_save(model, run_dir / MODEL_NAME)
-        return TrainResult(run_dir, model_path, model.num_timesteps, time.time() - started)
+        return TrainResult(run_dir, model_path, model.num_timesteps, model.num_timesteps - start_steps, seconds)
     finally:
         for venv in opened:
             venv.close()

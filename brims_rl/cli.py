@@ -9,6 +9,7 @@ Ctrl-C during training saves a checkpoint and exits with 130.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -76,10 +77,18 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def default_threads() -> int:
+    """Half the CPU cores (at least 1), never more than torch would take."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
+
+
 def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_int_at_least(1), default=None,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy 2-core machine)",
+        help="torch CPU threads (default: half the CPU cores, at least 1: the Atari emulators run in "
+        "threads of their own, and oversubscribed cores slow torch down many times over)",
     )
 
 
@@ -226,8 +235,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\nInterrupted at {stop.num_timesteps} steps; checkpoint saved to {stop.checkpoint}", file=sys.stderr)
         print(f"resume with: brims-rl train --resume {stop.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    rate = f" ({result.num_timesteps / result.seconds:.0f} steps/s this session)" if result.seconds > 0 else ""
-    print(f"Done: {result.num_timesteps} steps{rate}. Model: {result.model_path}")
+    if result.steps_trained > 0:
+        print(f"Done: {result.num_timesteps} steps ({result.steps_trained} in {result.seconds:.0f} s, "
+              f"{result.steps_per_second:.0f} steps/s). Model: {result.model_path}")
+    else:
+        print(f"Nothing to train: the run is at {result.num_timesteps} steps, its target is "
+              f"{config.hyperparams['total_timesteps']} (raise it with --timesteps). Model: {result.model_path}")
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     print(f"  Evaluate:    brims-rl eval {run_dir} --episodes 5")
     print(f"  Video:       brims-rl record {run_dir} --out {run_dir / 'video.mp4'}")
@@ -318,10 +331,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"brims-rl {args.command}: error: "
-    if getattr(args, "threads", None) is not None:
+    if hasattr(args, "threads"):
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads or default_threads())
     try:
         return args.handler(args)
     except UsageError as error:

@@ -230,6 +230,7 @@ def _not_a_model(tmp_path: Path) -> str:
         (("train", "--env", "pong", "--set", "learning_rate=fast"), "learning_rate"),
         (("train", "--env", "pong", "--set", "sequence_length=5"), "sequence_length"),
         (("train", "--algo", "sac"), "sac"),
+        (("train", "--env", "pong", "--set", "policy_kwargs.top_k=7", "--threads", "1"), "top_k"),
         (("eval", "no/such/run"), "no/such/run"),
         (("train", "--resume", "no/such/run"), "no/such/run"),
         (("eval", "JUNK", "--env", "pong"), "junk.zip"),
