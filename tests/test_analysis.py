@@ -91,12 +91,12 @@ def check_layer_invariants(values: dict[str, float], layer: int, top_k: int, num
 
 @pytest.fixture(scope="module")
 def trained_logdir(tmp_path_factory) -> Path:
-    """Four rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback."""
+    """Three rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback."""
     tensorboard_log = tmp_path_factory.mktemp("tb")
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env, tensorboard_log=str(tensorboard_log))
     callback = ModuleActivationCallback(heatmap_env=1)
-    model.learn(4 * ROLLOUT, callback=callback)
+    model.learn(3 * ROLLOUT, callback=callback)
     # Only the rollouts were recorded: the recorder is off during (and after) the updates.
     assert model.policy.activation_recorder is None
     env.close()
@@ -117,7 +117,7 @@ def test_callback_writes_every_tag_for_every_layer_and_module(trained_logdir):
     assert set(tags["images"]) == {f"brims/layer{layer}/activation_heatmap" for layer in range(2)}
     assert set(tags["histograms"]) == {f"brims/layer{layer}/activation_frequency" for layer in range(2)}
     for tag in expected:
-        assert sorted(scalar_values(events, tag)) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
+        assert sorted(scalar_values(events, tag)) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
 
 
 def test_callback_values_are_consistent_with_the_model(trained_logdir):
@@ -127,7 +127,7 @@ def test_callback_values_are_consistent_with_the_model(trained_logdir):
     for tag in tags:
         for step, value in scalar_values(events, tag).items():
             by_step.setdefault(step, {})[tag] = value
-    assert len(by_step) == 4
+    assert len(by_step) == 3
     for values in by_step.values():
         for layer, (k, n) in enumerate(zip(TOP_K, NUM_MODULES)):
             # Default wiring "adjacent": only the top layer has no top-down slot.
@@ -140,7 +140,7 @@ def test_callback_histograms_count_every_step_and_module(trained_logdir):
     events = load_events(trained_logdir)
     for layer, (k, n) in enumerate(zip(TOP_K, NUM_MODULES)):
         histograms = events.Histograms(f"brims/layer{layer}/activation_frequency")
-        assert [h.step for h in histograms] == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
+        assert [h.step for h in histograms] == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
         for histogram in histograms:
             value = histogram.histogram_value
             assert len(value.bucket) == n
@@ -148,7 +148,7 @@ def test_callback_histograms_count_every_step_and_module(trained_logdir):
         # The histogram and the scalars describe the same rollout.
         last = histograms[-1].histogram_value.bucket
         for i in range(n):
-            fraction = scalar_values(events, f"brims/layer{layer}/module{i}/active_frac")[4 * ROLLOUT]
+            fraction = scalar_values(events, f"brims/layer{layer}/module{i}/active_frac")[3 * ROLLOUT]
             assert last[i] / (N_STEPS * N_ENVS) == pytest.approx(fraction, abs=1e-6)
 
 
@@ -156,7 +156,7 @@ def test_callback_heatmap_shows_modules_by_steps_with_episode_starts(trained_log
     events = load_events(trained_logdir)
     for layer, n in enumerate(NUM_MODULES):
         images = events.Images(f"brims/layer{layer}/activation_heatmap")
-        assert len(images) == 4
+        assert len(images) == 3
         pixels = np.asarray(PILImage.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB"))
         reference = activation_heatmap(np.zeros((N_STEPS, n), dtype=bool))
         # One column group per rollout step, one row per module (no extra step recorded).
@@ -181,11 +181,11 @@ def test_callback_custom_scalars_layout_has_one_chart_per_layer(trained_logdir):
 def test_callback_log_interval_skips_rollouts(tmp_path):
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env, tensorboard_log=str(tmp_path))
-    model.learn(4 * ROLLOUT, callback=ModuleActivationCallback(log_interval=3))
+    model.learn(3 * ROLLOUT, callback=ModuleActivationCallback(log_interval=2))
     events = load_events(run_dir(tmp_path))
-    # Rollouts 1 and 4 are recorded; the others run without a recorder.
-    assert sorted(scalar_values(events, "brims/layer0/module0/active_frac")) == [ROLLOUT, 4 * ROLLOUT]
-    assert sorted(scalar_values(events, "time/fps")) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT, 4 * ROLLOUT]
+    # Rollouts 1 and 3 are recorded; rollout 2 runs without a recorder.
+    assert sorted(scalar_values(events, "brims/layer0/module0/active_frac")) == [ROLLOUT, 3 * ROLLOUT]
+    assert sorted(scalar_values(events, "time/fps")) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
     env.close()
 
 
