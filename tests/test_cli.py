@@ -196,6 +196,18 @@ def test_record_writes_a_decodable_mp4(run_dir: Path, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_record_gif_and_refuse_other_formats(run_dir: Path, tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    from agents.record import record_video
+
+    result = record_video(run_dir, tmp_path / "clip.gif", max_steps=8, fps=10)
+    assert result.n_frames == 8 and iio.imread(result.path).shape == (8, 210, 160, 3)
+    with pytest.raises(ValueError, match=r"'\.webm'.*\.mp4, \.gif"):
+        record_video(run_dir, tmp_path / "clip.webm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]
+
+
 # --------------------------------------------------------------------------- the rest
 
 
