@@ -258,6 +258,36 @@ def test_bad_input_is_a_clear_error(args: tuple[str, ...], named: str, tmp_path:
     assert not (tmp_path / "runs").exists()
 
 
+def test_locate_model_picks_final_best_or_latest_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    from agents.evaluate import locate_model
+
+    assert locate_model(run_dir).model_path == run_dir / "model.zip"
+    assert locate_model(run_dir, best=True).model_path == run_dir / "best_model.zip"
+    zip_in_run = locate_model(run_dir / "checkpoints" / "model_128_steps.zip")
+    assert zip_in_run.run_dir == run_dir and zip_in_run.config.env_id == "PongNoFrameskip-v4"
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("model.zip", "best_model.zip"))
+    assert locate_model(unfinished).model_path == unfinished / "checkpoints" / "model_256_steps.zip"
+    with pytest.raises(FileNotFoundError, match="best_model.zip"):
+        locate_model(unfinished, best=True)
+
+
+def test_config_file_errors_name_the_key(tmp_path: Path) -> None:
+    cases = {
+        "atari: {common: {n_stepz: 5}}": "n_stepz",
+        "atari: {common: {gamma: 1.5}}": "gamma",
+        "atari: {comon: {n_steps: 5}}": "comon",
+        "atarii: {common: {n_steps: 5}}": "atarii",
+        "atari: {brims: {policy_kwargs: {core_kwargs: {heads: 2}}}}": "heads",
+        "atari: [1, 2": "not valid YAML",
+    }
+    for text, named in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(text + "\n")
+        with pytest.raises(ValueError, match=re.escape(named)):
+            resolve_config("ppo", "brims", "pong", config_file=path, total_timesteps=100)
+
+
 def test_configs_resolve_with_the_design_defaults() -> None:
     quick = resolve_config("ppo")
     assert (quick.env_id, quick.policy) == ("PongNoFrameskip-v4", "brims")
