@@ -13,10 +13,13 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 
 from brims_rl.core import BRIMs
+
+CRITIC_CORES = ("shared", "separate", "none")
 
 # 6 modules of 44 units: as wide as sb3-contrib's default 256-unit LSTM, divisible by 6.
 DEFAULT_HIDDEN_SIZE = 264
@@ -29,10 +32,12 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         hidden_size: state size of every BRIMs layer.
         num_layers, num_modules, top_k, cell, top_down: see :class:`brims_rl.BRIMs`.
         core_kwargs: any further ``BRIMs`` argument (attention sizes, dropout, ...).
-        shared_lstm / enable_critic_lstm: as in sb3-contrib: by default the critic has a
-            BRIMs core of its own; ``shared_lstm=True, enable_critic_lstm=False`` shares the
-            actor's (critic gradient not propagated), both False gives the critic a linear
-            layer on the features.
+        critic_core: where the value head reads from.
+            ``"shared"`` (default): the actor's core output, and the value loss trains the
+            core too (one core per step: half the cost of two; CleanRL's LSTM agents share
+            likewise). ``"separate"``: a BRIMs core of its own (sb3-contrib's default for
+            LSTMs). ``"none"``: a linear layer on the features, no memory.
+            (sb3-contrib's ``shared_lstm`` / ``enable_critic_lstm`` are replaced by this.)
 
     Shapes: the core is fed ``(T, n_seq, features_dim)`` and its state is
     ``(num_layers, n_seq, hidden_size)`` for h and c, exactly as sb3-contrib's LSTM.
@@ -51,14 +56,23 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         cell: str = "lstm",
         top_down: str = "adjacent",
         core_kwargs: Optional[dict[str, Any]] = None,
+        critic_core: str = "shared",
         **kwargs: Any,
     ) -> None:
-        for replaced in ("lstm_hidden_size", "n_lstm_layers", "lstm_kwargs"):
+        for replaced in ("lstm_hidden_size", "n_lstm_layers", "lstm_kwargs", "shared_lstm", "enable_critic_lstm"):
             if replaced in kwargs:
                 raise ValueError(
                     f"policy_kwargs {replaced!r} does not apply to a BRIMs policy: use hidden_size, "
-                    f"num_layers, num_modules, top_k, cell, top_down and core_kwargs"
+                    f"num_layers, num_modules, top_k, cell, top_down, critic_core and core_kwargs"
                 )
+        if critic_core not in CRITIC_CORES:
+            raise ValueError(f"critic_core={critic_core!r}: expected one of {CRITIC_CORES}")
+        if critic_core == "shared" and kwargs.get("share_features_extractor") is False:
+            raise ValueError(
+                "critic_core='shared' needs share_features_extractor=True (one core reads one feature "
+                "stream); use critic_core='separate' for separate feature extractors"
+            )
+        self.critic_core = critic_core
         self.core_options = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,
@@ -78,6 +92,8 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
             *args,
             lstm_hidden_size=hidden_size,
             n_lstm_layers=num_layers,
+            shared_lstm=critic_core == "shared",
+            enable_critic_lstm=critic_core == "separate",
             **kwargs,
         )
         self.lstm_actor = BRIMs(self.features_dim, **self.core_options)
@@ -94,8 +110,37 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         options = dict(self.core_options)
         named = ("hidden_size", "num_layers", "num_modules", "top_k", "cell", "top_down")
         data.update({name: options.pop(name) for name in named})
-        data.update(core_kwargs=options, shared_lstm=self.shared_lstm, enable_critic_lstm=self.enable_critic_lstm)
+        data.update(core_kwargs=options, critic_core=self.critic_core)
+        for replaced in ("shared_lstm", "enable_critic_lstm", "lstm_hidden_size", "n_lstm_layers", "lstm_kwargs"):
+            data.pop(replaced, None)
         return data
+
+    def evaluate_actions(  # type: ignore[override]
+        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values ``(n, 1)``, log-probabilities ``(n,)`` and entropies ``(n,)`` of ``actions``.
+
+        With ``critic_core="shared"`` the value head reads the core's output WITH gradient
+        (sb3-contrib's ``shared_lstm`` detaches it, so the value loss would never shape the
+        memory); the other modes are sb3-contrib's own path.
+        """
+        if self.critic_core != "shared":
+            return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
+        features = self.extract_features(obs)
+        latent, _ = self._process_sequence(features, lstm_states.pi, episode_starts, self.lstm_actor)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent))
+        values = self.value_net(self.mlp_extractor.forward_critic(latent))
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def predict_values(  # type: ignore[override]
+        self, obs: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
+    ) -> torch.Tensor:
+        """Values ``(n, 1)`` (bootstrap at the end of a rollout); never recorded as an acting step."""
+        recorder, self.activation_recorder = self.activation_recorder, None
+        try:
+            return super().predict_values(obs, lstm_states, episode_starts)
+        finally:
+            self.activation_recorder = recorder
 
     def _process_sequence(  # type: ignore[override]
         self,

@@ -51,7 +51,7 @@ def test_cnn_policy_class_with_sb3_contrib_trains_the_core(pong_env):
     model = sb3_contrib.RecurrentPPO(
         CnnBrimsPolicy, pong_env, n_steps=16, batch_size=32, n_epochs=1, policy_kwargs=TINY_BRIMS, seed=0
     )
-    assert isinstance(model.policy.lstm_actor, BRIMs) and isinstance(model.policy.lstm_critic, BRIMs)
+    assert isinstance(model.policy.lstm_actor, BRIMs) and model.policy.critic_core == "shared"
     optimised = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.policy.parameters()} == optimised
     before = core_snapshot(model.policy.lstm_actor)
@@ -74,18 +74,41 @@ def test_policy_by_name_and_options(cartpole_env):
     assert core.layers[0].input_heads == 2
 
 
-def test_shared_and_no_critic_core(cartpole_env):
-    shared = RecurrentPPO(
-        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32,
-        policy_kwargs=dict(TINY_BRIMS, shared_lstm=True, enable_critic_lstm=False),
+def value_loss_gradient(policy, obs: torch.Tensor) -> dict[str, bool]:
+    """Which parameter groups get gradient from the value head alone."""
+    policy.zero_grad()
+    n_envs = obs.shape[0]
+    core = policy.lstm_actor
+    zeros = torch.zeros(core.num_layers, n_envs, core.hidden_size)
+    states = RNNStates((zeros, zeros), (zeros, zeros))
+    actions = torch.zeros(n_envs)
+    values, _, _ = policy.evaluate_actions(obs, actions, states, torch.zeros(n_envs))
+    values.sum().backward()
+    def has_grad(module):
+        return module is not None and any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    return {"actor_core": has_grad(policy.lstm_actor), "critic_core": has_grad(policy.lstm_critic)}
+
+
+@pytest.mark.parametrize(
+    "critic_core, expected",
+    [
+        ("shared", {"actor_core": True, "critic_core": False}),
+        ("separate", {"actor_core": False, "critic_core": True}),
+        ("none", {"actor_core": False, "critic_core": False}),
+    ],
+)
+def test_critic_core_modes(cartpole_env, critic_core, expected):
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=dict(TINY_BRIMS, critic_core=critic_core)
     )
-    assert shared.policy.lstm_critic is None and shared.policy.shared_lstm
-    linear = RecurrentPPO(
-        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=dict(TINY_BRIMS, enable_critic_lstm=False)
-    )
-    assert linear.policy.lstm_critic is None and isinstance(linear.policy.critic, torch.nn.Linear)
-    shared.learn(32)
-    linear.learn(32)
+    policy = model.policy
+    assert isinstance(policy.lstm_critic, BRIMs) == (critic_core == "separate")
+    if critic_core == "none":
+        assert isinstance(policy.critic, torch.nn.Linear)
+    obs = torch.as_tensor(cartpole_env.reset(), dtype=torch.float32)
+    # "shared": the value loss trains the one core (sb3-contrib's shared_lstm would detach it).
+    assert value_loss_gradient(policy, obs) == expected
+    model.learn(32)
 
 
 def test_bad_policy_options_are_clear(cartpole_env):
@@ -93,6 +116,10 @@ def test_bad_policy_options_are_clear(cartpole_env):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(hidden_size=24, num_modules=4, top_k=5))
     with pytest.raises(ValueError, match=r"'lstm_hidden_size' does not apply"):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(lstm_hidden_size=64))
+    with pytest.raises(ValueError, match=r"critic_core='both'.*'shared', 'separate', 'none'"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(TINY_BRIMS, critic_core="both"))
+    with pytest.raises(ValueError, match=r"'shared_lstm' does not apply.*critic_core"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(TINY_BRIMS, shared_lstm=True))
     with pytest.raises(ValueError, match=r"sequence_length=7.*dividing n_steps=32"):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=32, sequence_length=7, policy_kwargs=TINY_BRIMS)
 
