@@ -312,6 +312,8 @@ class RunEvalCallback(EvalCallback):
                 self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
     def _on_step(self) -> bool:
+        if self.n_calls % self.eval_freq != 0:
+            return super()._on_step()  # no evaluation due: nothing to guard or rename
         # Evaluation games must not reach the activation recorder: they are not rollout steps
         # (and their batch size differs from the training envs').
         policy = self.model.policy
@@ -334,11 +336,8 @@ def _activation_callback(config: TrainConfig) -> Optional[BaseCallback]:
     interval = config.hyperparams.get("activation_log_interval", 0)
     if config.policy != "brims" or not interval:
         return None
-    try:
-        from brims_rl.callbacks import ModuleActivationCallback
-    except ImportError as error:  # the callback module is optional for training itself
-        print(f"warning: module activations not logged ({error})")
-        return None
+    from brims_rl.callbacks import ModuleActivationCallback
+
     return ModuleActivationCallback(log_interval=interval)
 
 
