@@ -383,6 +383,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in a resolved config; allowed: {sorted(known)}")
+        if not isinstance(data.get("env"), str):
+            raise ValueError(f"a resolved config needs 'env' (an env id string), got {data.get('env')!r}")
         config = cls(
             algo=_check_name("algo", data.get("algo"), ALGORITHMS),
             policy=_check_name("policy", data.get("policy"), POLICIES),

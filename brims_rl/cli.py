@@ -77,6 +77,19 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _device(text: str) -> str:
+    """``auto`` or anything ``torch.device`` accepts (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    return text
+
+
 def default_threads() -> int:
     """Half the CPU cores (at least 1), never more than torch would take."""
     import torch
@@ -99,7 +112,7 @@ def _add_model_args(parser: argparse.ArgumentParser, episodes_default: int) -> N
     parser.add_argument("--env", default=None, help="env id or Atari game (default: the run's env)")
     parser.add_argument("--episodes", type=_int_at_least(1), default=episodes_default, help="episodes to play")
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="env seed")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
+    parser.add_argument("--device", type=_device, default="auto", help="torch device: auto, cpu, cuda, ...")
     parser.add_argument("--best", action="store_true", help="use the run's best_model.zip instead of model.zip")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=True, help="greedy actions (default)")
@@ -134,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timesteps", type=_int_at_least(1), default=None, help="total env steps (over all envs)")
     train.add_argument("--n-envs", type=_int_at_least(1), default=None, help="parallel envs")
     train.add_argument("--seed", type=_int_at_least(0), default=None, help="random seed (default 0)")
-    train.add_argument("--device", default=None, help="torch device: auto (default), cpu, cuda, ...")
+    train.add_argument("--device", type=_device, default=None, help="torch device: auto (default), cpu, cuda, ...")
     train.add_argument("--run-dir", default="runs", help="folder the run folder is created in (default runs/)")
     train.add_argument("--name", default=None, help="run folder name (default <algo>_<policy>_<env>_<time>)")
     train.add_argument(

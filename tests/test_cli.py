@@ -244,6 +244,7 @@ def _not_a_model(tmp_path: Path) -> str:
         (("train", "--algo", "sac"), "sac"),
         (("train", "--env", "pong", "--set", "policy_kwargs.top_k=7", "--threads", "1"), "top_k"),
         (("eval", "no/such/run"), "no/such/run"),
+        (("eval", "no/such/run", "--device", "gpu7"), "gpu7"),
         (("train", "--resume", "no/such/run"), "no/such/run"),
         (("eval", "JUNK", "--env", "pong"), "junk.zip"),
         (("record", "no/such/run", "--out", "video.avi"), ".avi"),
