@@ -281,8 +281,7 @@ POLICY_KWARGS: dict[str, tuple[str, ...]] = {
         "cell",
         "top_down",
         "core_kwargs",
-        "shared_lstm",
-        "enable_critic_lstm",
+        "critic_core",
     ),
     "lstm": (*_COMMON_POLICY_KWARGS, "lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs"),
     "cnn": _COMMON_POLICY_KWARGS,
@@ -634,6 +633,10 @@ def validate_policy_kwargs(policy_kwargs: dict[str, Any], policy: str) -> dict[s
     checked = dict(policy_kwargs)
     if "activation_fn" in checked:
         choice(*ACTIVATIONS)("policy_kwargs.activation_fn", checked["activation_fn"])
+    if "critic_core" in checked:
+        from brims_rl.policies import CRITIC_CORES
+
+        choice(*CRITIC_CORES)("policy_kwargs.critic_core", checked["critic_core"])
     if "optimizer_class" in checked:
         choice(*OPTIMIZERS)("policy_kwargs.optimizer_class", checked["optimizer_class"])
     for key in ("optimizer_kwargs", "features_extractor_kwargs", "lstm_kwargs"):

@@ -308,5 +308,10 @@ def test_configs_resolve_with_the_design_defaults() -> None:
     # --set wins over the file; flags win over --set.
     config = resolve_config("ppo", "brims", "pong", overrides=["n_envs=4", "policy_kwargs.top_k=2"], n_envs=2)
     assert config.hyperparams["n_envs"] == 2 and config.hyperparams["policy_kwargs"]["top_k"] == 2
+    assert resolve_config("ppo", "brims", "pong", overrides=["policy_kwargs.critic_core=separate"]).algorithm_kwargs()
+    with pytest.raises(ValueError, match="critic_core"):
+        resolve_config("ppo", "brims", "pong", overrides=["policy_kwargs.critic_core=both"])
+    with pytest.raises(ValueError, match="shared_lstm"):
+        resolve_config("ppo", "brims", "pong", overrides=["policy_kwargs.shared_lstm=true"])
     with pytest.raises(ValueError, match="activation_log_interval"):
         resolve_config("ppo", "lstm", "pong", overrides=["activation_log_interval=5"])
