@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -64,8 +64,12 @@ def run_analysis(
     n_episodes: int,
     out_dir: Union[str, Path],
     deterministic: bool = True,
+    max_steps: Optional[int] = None,
 ) -> Path:
     """Play ``n_episodes`` episodes of ``model`` on ``env`` and write the module-activity traces.
+
+    ``max_steps`` stops after that many vector steps even if episodes are unfinished (long
+    Atari games); the trace then ends mid-episode.
 
     Writes ``out_dir/analysis.npz`` (keys in this module's docstring) and TensorBoard events
     into ``out_dir``: per step t (as the global step) the env-averaged scalars
@@ -96,13 +100,17 @@ def run_analysis(
         raise ValueError(f"out_dir={str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    trace = _play_and_record(model, env, n_episodes, deterministic)
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps={max_steps!r} is invalid: it must be an integer >= 1 or None")
+    trace = _play_and_record(model, env, n_episodes, deterministic, max_steps)
     npz_path = _write_npz(out_dir, trace)
     _write_tensorboard(out_dir, trace)
     return npz_path
 
 
-def _play_and_record(model: BaseAlgorithm, env: VecEnv, n_episodes: int, deterministic: bool) -> dict[str, Any]:
+def _play_and_record(
+    model: BaseAlgorithm, env: VecEnv, n_episodes: int, deterministic: bool, max_steps: Optional[int]
+) -> dict[str, Any]:
     """Play the episodes with a recorder attached; return the host arrays of the trace."""
     recorder = ActivationRecorder()
     actions: list[np.ndarray] = []
@@ -123,7 +131,7 @@ def _play_and_record(model: BaseAlgorithm, env: VecEnv, n_episodes: int, determi
     previous = model.policy.activation_recorder
     model.policy.activation_recorder = recorder
     try:
-        stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=on_step)
+        stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=on_step, max_steps=max_steps)
     finally:
         model.policy.activation_recorder = previous
 

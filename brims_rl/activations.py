@@ -44,11 +44,10 @@ class ActivationRecorder:
     """Collects the actor core's masks and input attention, one entry per env step.
 
     The policy calls :meth:`record` with each :class:`BrimsInfo`; the owner (a callback or
-    an episode loop) calls :meth:`end_step` once per env step, which keeps the most recent
-    record of that step. Cores called several times in one step (for instance the terminal
-    value of a truncated episode with ``shared_lstm=True``, which runs the actor core again
-    after the step) therefore still contribute exactly one entry per step, and the record
-    kept is the one that chose the action: it is always the last call before the step ends.
+    an episode loop) calls :meth:`end_step` once per env step, which keeps the FIRST record
+    of that step: the acting call, which always comes before anything else that may run the
+    core during the step (an evaluation callback's ``predict`` on another env, say). Such
+    later calls are dropped, so every step contributes exactly one entry of the acting batch.
 
     Nothing is copied to the host here; tensors stay on the model's device.
     """
@@ -61,10 +60,11 @@ class ActivationRecorder:
 
     def record(self, info: BrimsInfo) -> None:
         """Called by the policy for every actor-core call (``T`` steps, ``B`` envs)."""
-        self._pending = info
+        if self._pending is None:
+            self._pending = info
 
     def end_step(self, episode_start: Optional[Union[np.ndarray, torch.Tensor]] = None) -> None:
-        """Keep the latest record as this env step.
+        """Keep this env step's first record (the acting call).
 
         Args:
             episode_start: optional bool ``(B,)``: the envs whose state was reset before this

@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(analyze, episodes_default=1)
     analyze.add_argument("--n-envs", type=_int_at_least(1), default=1, help="parallel envs")
     analyze.add_argument("--out", default=None, help="output folder (default <run>/analysis)")
+    analyze.add_argument("--max-steps", type=_int_at_least(1), default=None, help="stop after this many vector steps")
     analyze.set_defaults(handler=cmd_analyze)
 
     list_envs = commands.add_parser(
@@ -312,7 +313,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             out_dir = run.run_dir / "analysis"
         else:
             out_dir = run.model_path.with_name(f"analysis_{run.model_path.stem}")
-        npz = run_analysis(model, env, args.episodes, out_dir, deterministic=args.deterministic)
+        npz = run_analysis(model, env, args.episodes, out_dir, deterministic=args.deterministic, max_steps=args.max_steps)
     finally:
         env.close()
     print(f"Wrote {npz} and TensorBoard events in {out_dir} (env {env_id})")

@@ -292,13 +292,13 @@ def test_step_statistics_by_hand():
     assert summarize(step_statistics(mask, attention), mask).switch_rate == pytest.approx(2 / 4)
 
 
-def test_recorder_keeps_the_last_record_of_each_step():
-    def info(value: bool) -> BrimsInfo:
-        return BrimsInfo(masks=[torch.full((1, 2, 3), value)], input_attention=[torch.zeros(1, 2, 3, 3)])
+def test_recorder_keeps_the_acting_record_of_each_step():
+    def info(value: bool, batch: int = 2) -> BrimsInfo:
+        return BrimsInfo(masks=[torch.full((1, batch, 3), value)], input_attention=[torch.zeros(1, batch, 3, 3)])
 
     recorder = ActivationRecorder()
-    recorder.record(info(False))
-    recorder.record(info(True))  # the same step's later call wins
+    recorder.record(info(True))
+    recorder.record(info(False, batch=1))  # e.g. an evaluation predict() later in the same step: dropped
     recorder.end_step(np.array([True, False]))
     recorder.end_step(np.array([False, False]))  # nothing recorded since: no step added
     recorder.record(info(False))

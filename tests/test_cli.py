@@ -181,6 +181,10 @@ def test_analyze_writes_npz_and_tensorboard(run_dir: Path, tmp_path: Path) -> No
             assert (masks.sum(-1) == 4).all()  # top-4 of 6 active at every step
             assert data[f"layer{layer}_attention"].shape == (*masks.shape, 3)
     assert list(out_dir.glob("events.out.tfevents.*"))
+    # --max-steps cuts a long analysis short, mid-episode.
+    ok(cli("analyze", str(run_dir), "--episodes", "5", "--max-steps", "40", "--out", str(tmp_path / "short"), *THREADS))
+    with np.load(tmp_path / "short" / "analysis.npz") as data:
+        assert data["layer0_masks"].shape[0] == 40
 
 
 def test_record_writes_a_decodable_mp4(run_dir: Path, tmp_path: Path) -> None:
