@@ -85,7 +85,8 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
 
     def _rollout_tensors(self) -> dict[str, torch.Tensor]:
         """The rollout's arrays as tensors on the buffer's device, ``(n_steps, n_envs, ...)``
-        (hidden states ``(n_steps, n_envs, layers, hidden)``), converted once per rollout."""
+        (hidden states ``(n_steps, n_envs, layers, hidden)``), converted once per rollout, so
+        minibatches are gathered on the device with no further host transfer."""
         arrays = {
             "observations": self.observations,
             "actions": self.actions,
@@ -99,7 +100,13 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
             "hidden_vf": self.hidden_states_vf.swapaxes(1, 2),
             "cell_vf": self.cell_states_vf.swapaxes(1, 2),
         }
-        return {name: torch.as_tensor(np.ascontiguousarray(array)).to(self.device) for name, array in arrays.items()}
+        on_gpu = self.device.type == "cuda"
+        tensors = {}
+        for name, array in arrays.items():
+            tensor = torch.as_tensor(np.ascontiguousarray(array))
+            # Page-locked host memory lets the copy to the GPU run asynchronously.
+            tensors[name] = tensor.pin_memory().to(self.device, non_blocking=True) if on_gpu else tensor
+        return tensors
 
     def _chunk_samples(self, tensors: dict[str, torch.Tensor], chunks: torch.Tensor) -> RecurrentRolloutBufferSamples:
         """Gather chunks (numbered env-major: env * chunks_per_env + position) into a minibatch."""

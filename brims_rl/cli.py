@@ -90,13 +90,6 @@ def _device(text: str) -> str:
     return text
 
 
-def default_threads() -> int:
-    """Half the CPU cores (at least 1), never more than torch would take."""
-    import torch
-
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
-
-
 def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_int_at_least(1), default=None,
@@ -347,6 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prefix = f"brims-rl {args.command}: error: "
     if hasattr(args, "threads"):
         import torch
+
+        from brims_rl.utils import default_threads
 
         torch.set_num_threads(args.threads or default_threads())
     try:

@@ -76,7 +76,7 @@ class BRIMs(nn.Module):
         top_k: Union[int, Sequence[int]] = 4,
         cell: str = "lstm",
         top_down: str = "adjacent",
-        input_heads: int = 4,
+        input_heads: int = 2,
         input_key_size: int = 64,
         input_value_size: int = 64,
         comm_heads: int = 4,

@@ -65,7 +65,7 @@ class BrimsLayer(nn.Module):
         num_modules: int,
         top_k: int,
         cell: str = "lstm",
-        input_heads: int = 4,
+        input_heads: int = 2,
         input_key_size: int = 64,
         input_value_size: int = 64,
         comm_heads: int = 4,

@@ -202,11 +202,17 @@ def test_record_writes_a_decodable_mp4(run_dir: Path, tmp_path: Path) -> None:
 
 def test_record_gif_and_refuse_other_formats(run_dir: Path, tmp_path: Path) -> None:
     import imageio.v3 as iio
+    from PIL import Image, ImageSequence
 
     from agents.record import record_video
 
     result = record_video(run_dir, tmp_path / "clip.gif", max_steps=8, fps=10)
-    assert result.n_frames == 8 and iio.imread(result.path).shape == (8, 210, 160, 3)
+    assert result.n_frames == 8 and iio.imread(result.path).shape[1:] == (210, 160, 3)
+    # The GIF encoder merges identical consecutive frames into one longer frame, so the
+    # play time, not the frame count, shows that all 8 frames at 10 fps are there.
+    with Image.open(result.path) as gif:
+        total_ms = sum(frame.info["duration"] for frame in ImageSequence.Iterator(gif))
+    assert total_ms == pytest.approx(800, abs=10)
     with pytest.raises(ValueError, match=r"'\.webm'.*\.mp4, \.gif"):
         record_video(run_dir, tmp_path / "clip.webm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]

@@ -66,12 +66,12 @@ def test_policy_by_name_and_options(cartpole_env):
         cartpole_env,
         n_steps=16,
         batch_size=32,
-        policy_kwargs=dict(TINY_BRIMS, cell="gru", top_down="last_to_first", core_kwargs=dict(input_heads=2)),
+        policy_kwargs=dict(TINY_BRIMS, cell="gru", top_down="last_to_first", core_kwargs=dict(input_heads=3)),
     )
     core = model.policy.lstm_actor
     assert isinstance(model.policy, MlpBrimsPolicy)
     assert (core.cell, core.top_down, core.num_modules, core.top_k) == ("gru", "last_to_first", [4, 3], [2, 1])
-    assert core.layers[0].input_heads == 2
+    assert core.layers[0].input_heads == 3
 
 
 def value_loss_gradient(policy, obs: torch.Tensor) -> dict[str, bool]:
