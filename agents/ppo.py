@@ -15,8 +15,12 @@ class RecurrentPPO(SequenceBufferAlgorithm):
     Args:
         sequence_length: steps per training sequence (truncated BPTT); each sequence starts
             from the recurrent state stored at its first step, so nothing is padded. Must
-            divide ``n_steps``, and ``batch_size`` must be a multiple of it. None keeps
-            sb3-contrib's buffer (whole-episode sequences, padded).
+            divide ``n_steps``, and ``batch_size`` must be a multiple of it. The default 8
+            truncates only the gradient: the state each chunk starts from was carried
+            through the whole rollout, so memory reaches further back. Longer chunks (16-32)
+            give longer credit assignment at a higher cost per update (the core runs that
+            many strictly sequential steps per minibatch). None keeps sb3-contrib's buffer
+            (whole-episode sequences, padded).
         Everything else: as ``sb3_contrib.RecurrentPPO``.
 
     A model saved by this class loads with plain ``sb3_contrib.RecurrentPPO.load`` too.
@@ -24,5 +28,5 @@ class RecurrentPPO(SequenceBufferAlgorithm):
 
     algorithm_name = "RecurrentPPO"
 
-    def __init__(self, policy: Any, env: Any, *args: Any, sequence_length: Optional[int] = 16, **kwargs: Any) -> None:
+    def __init__(self, policy: Any, env: Any, *args: Any, sequence_length: Optional[int] = 8, **kwargs: Any) -> None:
         super().__init__(policy, env, *args, sequence_length=sequence_length, **kwargs)

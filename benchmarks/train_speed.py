@@ -32,7 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
 from agents import RecurrentPPO
-from brims_rl.utils import default_threads, resolve_device
+from brims_rl.utils import resolve_device
 
 PPO_SETTINGS = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
 
@@ -77,7 +77,7 @@ def contrib_lstm(game: str, n_envs: int, device: str) -> BaseAlgorithm:
 def ours(policy: str) -> Callable[[str, int, str], BaseAlgorithm]:
     def build(game: str, n_envs: int, device: str) -> BaseAlgorithm:
         env = envs.make_atari_vec_env(game, n_envs=n_envs, seed=0, backend="ale")
-        return RecurrentPPO(policy, env, device=device, seed=0, sequence_length=16, **PPO_SETTINGS)
+        return RecurrentPPO(policy, env, device=device, seed=0, **PPO_SETTINGS)  # default sequence_length (8)
 
     return build
 
@@ -129,9 +129,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="round-robin repeats; the median is reported")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", default="abc", help="subset of configurations to run, e.g. 'ab'")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: half the cores, as the CLI)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads or default_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
     unknown = set(args.only) - set(CONFIGS)
     if unknown:

@@ -93,8 +93,9 @@ def _device(text: str) -> str:
 def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_int_at_least(1), default=None,
-        help="torch CPU threads (default: half the CPU cores, at least 1: the Atari emulators run in "
-        "threads of their own, and oversubscribed cores slow torch down many times over)",
+        help="torch CPU threads (default: torch's own, one per core, fastest on a machine of your own); "
+        "on a machine other jobs keep busy, use fewer (e.g. 1): torch's threads spin-wait, and "
+        "oversubscribed cores slow it down many times over",
     )
 
 
@@ -338,12 +339,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"brims-rl {args.command}: error: "
-    if hasattr(args, "threads"):
+    if getattr(args, "threads", None):
         import torch
 
-        from brims_rl.utils import default_threads
-
-        torch.set_num_threads(args.threads or default_threads())
+        torch.set_num_threads(args.threads)
     try:
         return args.handler(args)
     except UsageError as error:

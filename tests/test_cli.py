@@ -304,7 +304,7 @@ def test_configs_resolve_with_the_design_defaults() -> None:
     assert (quick.env_id, quick.policy) == ("PongNoFrameskip-v4", "brims")
     assert quick.hyperparams["total_timesteps"] <= 30_000
     expected = dict(n_envs=8, n_steps=128, n_epochs=4, batch_size=256, learning_rate="lin_2.5e-4", clip_range="lin_0.1",
-                    ent_coef=0.01, vf_coef=0.5, gamma=0.99, gae_lambda=0.95, max_grad_norm=0.5, sequence_length=16,
+                    ent_coef=0.01, vf_coef=0.5, gamma=0.99, gae_lambda=0.95, max_grad_norm=0.5, sequence_length=8,
                     frame_stack=1)
     brims = resolve_config("ppo", "brims", "breakout").hyperparams
     assert {k: brims[k] for k in expected} == expected
