@@ -28,6 +28,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/core_speed.py
 	$(BIN)/python benchmarks/env_speed.py
+	$(BIN)/python benchmarks/train_speed.py --repeats 2
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -137,8 +137,8 @@ class AleVecEnv(VecEnv):
         Seeds set by :meth:`seed` apply to this reset only (SB3 semantics); options are ignored.
         """
         if self._waiting:  # SB3: a pending step is cancelled by reset
-            self._ale.recv()
             self._waiting = False
+            self._ale.recv()
         if any(seed is not None for seed in self._seeds):
             seeds = np.array([-1 if s is None else int(s) % _SEED_MODULUS for s in self._seeds], dtype=np.int64)
             obs, info = self._ale.reset(seed=seeds)
@@ -165,8 +165,10 @@ class AleVecEnv(VecEnv):
 
     def step_wait(self) -> VecEnvStepReturn:
         """Collect the step: ``(obs, rewards, dones, infos)`` in SB3's layout (see the class doc)."""
-        obs, raw_rewards, terminated, truncated, ale_info = self._ale.recv()
+        # Cleared BEFORE recv: a Ctrl-C during recv surfaces after the C++ call has returned,
+        # and a later recv with nothing pending would block forever.
         self._waiting = False
+        obs, raw_rewards, terminated, truncated, ale_info = self._ale.recv()
         lives = ale_info["lives"].astype(np.int64)
         episode_frame = ale_info["episode_frame_number"].astype(np.int64)
         dones = terminated | truncated
@@ -218,9 +220,9 @@ class AleVecEnv(VecEnv):
     def close(self) -> None:
         """Stop the C++ workers and free the emulators."""
         if getattr(self, "_ale", None) is not None:
-            if self._waiting:
-                self._ale.recv()
-                self._waiting = False
+            # No draining recv here: ale-py closes cleanly with a step in flight, and a recv
+            # after an interrupted step could wait forever.
+            self._waiting = False
             self._ale.close()
             self._ale = None  # type: ignore[assignment]
 

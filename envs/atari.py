@@ -209,38 +209,25 @@ def make_atari_vec_env(
             f"count in [1, {screen_size}] (screen_size={screen_size})"
         )
 
+    # What both backends emulate alike (the layout and episode statistics they must agree on).
+    emulation: dict[str, Any] = dict(
+        frame_stack=frame_stack,
+        terminal_on_life_loss=terminal_on_life_loss,
+        clip_reward=clip_reward,
+        sticky_actions=float(sticky_actions),
+        max_episode_frames=max_episode_steps,
+        noop_max=noop_max,
+        frame_skip=frame_skip,
+        screen_size=screen_size,
+    )
     venv: VecEnv
     if backend == "ale":
         from envs.ale_vec_env import AleVecEnv
 
-        venv = AleVecEnv(
-            game,
-            n_envs,
-            frame_stack=frame_stack,
-            terminal_on_life_loss=terminal_on_life_loss,
-            clip_reward=clip_reward,
-            sticky_actions=float(sticky_actions),
-            max_episode_frames=max_episode_steps,
-            noop_max=noop_max,
-            frame_skip=frame_skip,
-            screen_size=screen_size,
-            num_threads=num_threads,
-        )
+        venv = AleVecEnv(game, n_envs, num_threads=num_threads, **emulation)
         venv.seed(seed)  # used at the first reset, as SB3's make_vec_env does
     else:
         from envs.sb3_backend import make_sb3_atari_vec_env
 
-        venv = make_sb3_atari_vec_env(
-            game,
-            n_envs,
-            seed=seed,
-            frame_stack=frame_stack,
-            terminal_on_life_loss=terminal_on_life_loss,
-            clip_reward=clip_reward,
-            sticky_actions=float(sticky_actions),
-            max_episode_frames=max_episode_steps,
-            noop_max=noop_max,
-            frame_skip=frame_skip,
-            screen_size=screen_size,
-        )
+        venv = make_sb3_atari_vec_env(game, n_envs, seed=seed, **emulation)
     return apply_robustness(venv, seed=seed, **robustness)
