@@ -62,7 +62,10 @@ class RecurrentA2C(SequenceBufferAlgorithm):
         policy_kwargs = dict(policy_kwargs or {})
         if "optimizer_class" not in policy_kwargs:
             policy_kwargs["optimizer_class"] = RMSpropTFLike
-            policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0.0)
+            # The user's own optimizer_kwargs win over the RMSprop defaults.
+            policy_kwargs["optimizer_kwargs"] = {
+                "alpha": 0.99, "eps": rms_prop_eps, "weight_decay": 0.0, **policy_kwargs.get("optimizer_kwargs", {})
+            }
         self.rms_prop_eps = rms_prop_eps
         super().__init__(
             policy,

@@ -61,12 +61,15 @@ class _FrameSink:
         self.n_frames += 1
 
     def close(self) -> None:
+        """Finish the file; calling it again does nothing."""
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
         elif self._frames:
             import imageio.v3 as iio
 
             iio.imwrite(self.path, np.stack(self._frames), duration=1000 / self.fps, loop=0)
+            self._frames = []
 
 
 def record_video(
@@ -109,10 +112,11 @@ def record_video(
     render = {"backend": "sb3"} if envs.is_atari_id(env_id) else {"render_mode": "rgb_array"}
     model, env, run, env_id = load_for_env(path, env_id, n_envs=1, seed=seed, device=device, best=best, **render, **robustness)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    sink = _FrameSink(tmp, fps)
+    sink: Optional[_FrameSink] = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sink = _FrameSink(tmp, fps)
 
         def grab(*_: Any) -> None:
             frame = env.get_images()[0]
@@ -124,6 +128,8 @@ def record_video(
         sink.close()
         os.replace(tmp, out)
     except BaseException:
+        if sink is not None:
+            sink.close()  # stops the ffmpeg process before its half-written file goes
         tmp.unlink(missing_ok=True)
         raise
     finally:

@@ -50,3 +50,9 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
             n_envs=self.n_envs,
             sequence_length=self.sequence_length,
         )
+        # Checked here, at construction, not after the first rollout (the buffer's get()).
+        if self.batch_size is not None and self.batch_size % self.sequence_length != 0:
+            raise ValueError(
+                f"batch_size={self.batch_size}: expected a multiple of sequence_length={self.sequence_length} "
+                "(a minibatch holds whole sequences)"
+            )

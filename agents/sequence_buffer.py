@@ -79,7 +79,8 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
             )
         tensors = self._rollout_tensors()
         chunks_per_batch = max(1, batch_size // self.sequence_length)
-        order = torch.from_numpy(np.random.permutation(self.num_chunks))
+        # numpy's global RNG (seeded by SB3's set_random_seed), moved to the device once per rollout
+        order = torch.from_numpy(np.random.permutation(self.num_chunks)).to(self.device)
         for first in range(0, self.num_chunks, chunks_per_batch):
             yield self._chunk_samples(tensors, order[first : first + chunks_per_batch])
 
@@ -110,7 +111,6 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
 
     def _chunk_samples(self, tensors: dict[str, torch.Tensor], chunks: torch.Tensor) -> RecurrentRolloutBufferSamples:
         """Gather chunks (numbered env-major: env * chunks_per_env + position) into a minibatch."""
-        chunks = chunks.to(self.device)
         chunks_per_env = self.buffer_size // self.sequence_length
         envs = chunks // chunks_per_env
         starts = (chunks % chunks_per_env) * self.sequence_length

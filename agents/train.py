@@ -21,7 +21,6 @@ import json
 import os
 import re
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -33,6 +32,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.config import TrainConfig
+from brims_rl.loading import read_model_data
 
 CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.zip"
@@ -88,9 +88,10 @@ def checkpoint_path(run_dir: Path, num_timesteps: int) -> Path:
 
 
 def saved_num_timesteps(zip_path: Path) -> int:
-    """``num_timesteps`` stored in a model zip (read from its JSON data, no weights loaded)."""
-    with zipfile.ZipFile(zip_path) as archive:
-        return int(json.loads(archive.read("data")).get("num_timesteps", 0))
+    """``num_timesteps`` stored in a model zip (read from its JSON data, no weights loaded).
+
+    Raises ``NotABrimsModelError`` (a ValueError) for a file that is not a model zip."""
+    return int(read_model_data(zip_path).get("num_timesteps", 0))
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

@@ -102,7 +102,7 @@ def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
 def _add_model_args(parser: argparse.ArgumentParser, episodes_default: int) -> None:
     """Options every command that plays a trained model shares."""
     _add_threads_arg(parser)
-    parser.add_argument("run", help="run folder written by `brims-rl train`, or a model zip")
+    parser.add_argument("run", metavar="RUN_OR_ZIP", help="run folder written by `brims-rl train`, or a model zip")
     parser.add_argument("--env", default=None, help="env id or Atari game (default: the run's env)")
     parser.add_argument("--episodes", type=_int_at_least(1), default=episodes_default, help="episodes to play")
     parser.add_argument("--seed", type=_int_at_least(0), default=0, help="env seed")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--n-envs", type=_int_at_least(1), default=None, help="parallel envs")
     train.add_argument("--seed", type=_int_at_least(0), default=None, help="random seed (default 0)")
     train.add_argument("--device", type=_device, default=None, help="torch device: auto (default), cpu, cuda, ...")
-    train.add_argument("--run-dir", default="runs", help="folder the run folder is created in (default runs/)")
+    train.add_argument("--run-dir", default=None, help="folder the run folder is created in (default runs/)")
     train.add_argument("--name", default=None, help="run folder name (default <algo>_<policy>_<env>_<time>)")
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = [
             flag for flag, value in (
                 ("--algo", args.algo), ("--policy", args.policy), ("--env", args.env), ("--config", args.config),
-                ("--n-envs", args.n_envs), ("--seed", args.seed), ("--name", args.name),
+                ("--n-envs", args.n_envs), ("--seed", args.seed), ("--name", args.name), ("--run-dir", args.run_dir),
                 ("--set", args.overrides or None),
             ) if value is not None
         ]
@@ -231,7 +231,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             total_timesteps=args.timesteps,
             n_envs=args.n_envs,
         )
-        run_dir = Path(args.run_dir) / args.name if args.name else new_run_dir(config, args.run_dir)
+        root = args.run_dir or "runs"
+        run_dir = Path(root) / args.name if args.name else new_run_dir(config, root)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty; pick another --name")
         resume_from = None

@@ -11,6 +11,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureC
 from torch import nn
 
 from brims_rl.core import BRIMs
+from brims_rl.utils import check_core_kwargs
 
 
 class BrimsExtractor(BaseFeaturesExtractor):
@@ -56,7 +57,8 @@ class BrimsExtractor(BaseFeaturesExtractor):
         self.frame_encoder = NatureCNN(
             frame_space, features_dim=frame_features, normalized_image=not is_image_space(frame_space)
         )
-        self.core = BRIMs(frame_features, hidden_size, **(core_kwargs or {}))
+        core_kwargs = check_core_kwargs(core_kwargs, ("input_size", "hidden_size"), "BrimsExtractor")
+        self.core = BRIMs(frame_features, hidden_size, **core_kwargs)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         batch = observations.shape[0]

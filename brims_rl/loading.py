@@ -23,19 +23,29 @@ def _algorithm_classes() -> dict[str, type[BaseAlgorithm]]:
     return {"RecurrentPPO": RecurrentPPO, "RecurrentA2C": RecurrentA2C, "PPO": PPO, "A2C": A2C}
 
 
-def saved_algorithm_name(path: Union[str, Path]) -> str:
-    """Which of our algorithms wrote the zip at ``path`` (read from its data, no weights loaded)."""
+def read_model_data(path: Union[str, Path]) -> dict[str, Any]:
+    """The JSON ``data`` entry of an SB3 model zip (hyperparameters, ``num_timesteps``, ...), no weights loaded.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        NotABrimsModelError: not a zip, or a zip without SB3's ``data`` entry (e.g. half written).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {str(path)!r}")
     try:
         with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
+            return json.loads(archive.read("data"))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise NotABrimsModelError(
             f"{str(path)!r} is not a brims-rl model: expected a zip written by model.save() "
             f"(with a 'data' entry), got {type(error).__name__}: {error}"
         ) from None
+
+
+def saved_algorithm_name(path: Union[str, Path]) -> str:
+    """Which of our algorithms wrote the zip at ``path`` (read from its data, no weights loaded)."""
+    data = read_model_data(path)
     name = data.get("brims_rl_algorithm")
     if name in _algorithm_classes():
         return name

@@ -18,8 +18,11 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from stable_baselines3.common.type_aliases import Schedule
 
 from brims_rl.core import BRIMs
+from brims_rl.utils import check_core_kwargs
 
 CRITIC_CORES = ("shared", "separate", "none")
+# BRIMs arguments the policy takes directly (the input size is the features' width).
+CORE_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "num_modules", "top_k", "cell", "top_down")
 
 # 6 modules of 44 units: as wide as sb3-contrib's default 256-unit LSTM, divisible by 6.
 DEFAULT_HIDDEN_SIZE = 264
@@ -80,7 +83,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
             top_k=top_k,
             cell=cell,
             top_down=top_down,
-            **(core_kwargs or {}),
+            **check_core_kwargs(core_kwargs, CORE_ARGUMENTS, "the policy"),
         )
         # Check the core's arguments before the parent builds anything, so a bad value
         # fails with BRIMs' own message, not deep inside SB3.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Iterable, Optional, Union
 
 import torch
 
@@ -17,3 +17,15 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
+
+
+def check_core_kwargs(core_kwargs: Optional[dict[str, Any]], reserved: Iterable[str], owner: str) -> dict[str, Any]:
+    """``core_kwargs`` as a dict, refusing keys that ``owner`` sets through its own arguments."""
+    core_kwargs = dict(core_kwargs or {})
+    clashes = sorted(set(core_kwargs) & set(reserved))
+    if clashes:
+        raise ValueError(
+            f"core_kwargs {clashes[0]!r}: {owner} sets it through its own argument {clashes[0]!r}; "
+            f"core_kwargs takes the other BRIMs arguments only (not {', '.join(sorted(reserved))})"
+        )
+    return core_kwargs

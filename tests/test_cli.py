@@ -244,6 +244,17 @@ def _not_a_model(tmp_path: Path) -> str:
     return str(path)
 
 
+def _run_with_broken_checkpoint(tmp_path: Path) -> str:
+    """A run folder whose only checkpoint is a half-written file."""
+    from agents.config import resolve_config
+
+    run = tmp_path / "broken_run"
+    (run / "checkpoints").mkdir(parents=True)
+    resolve_config("ppo").save(run / "config.yaml")
+    (run / "checkpoints" / "model_100_steps.zip").write_bytes(b"PK\x03\x04 truncated")
+    return str(run)
+
+
 @pytest.mark.parametrize(
     "args, named",
     [
@@ -258,10 +269,13 @@ def _not_a_model(tmp_path: Path) -> str:
         (("train", "--resume", "no/such/run"), "no/such/run"),
         (("eval", "JUNK", "--env", "pong"), "junk.zip"),
         (("record", "no/such/run", "--out", "video.avi"), ".avi"),
+        (("train", "--resume", "BROKEN"), "model_100_steps.zip"),
+        (("train", "--resume", "BROKEN", "--run-dir", "elsewhere"), "--run-dir"),
     ],
 )
 def test_bad_input_is_a_clear_error(args: tuple[str, ...], named: str, tmp_path: Path) -> None:
-    args = tuple(_not_a_model(tmp_path) if a == "JUNK" else a for a in args)
+    special = {"JUNK": _not_a_model, "BROKEN": _run_with_broken_checkpoint}
+    args = tuple(special[a](tmp_path) if a in special else a for a in args)
     process = cli(*args, cwd=tmp_path)
     assert process.returncode == 2, process.stderr
     assert "Traceback" not in process.stderr

@@ -116,6 +116,10 @@ def test_bad_policy_options_are_clear(cartpole_env):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(hidden_size=24, num_modules=4, top_k=5))
     with pytest.raises(ValueError, match=r"'lstm_hidden_size' does not apply"):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(lstm_hidden_size=64))
+    with pytest.raises(ValueError, match=r"core_kwargs 'top_k'.*own argument"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(TINY_BRIMS, core_kwargs=dict(top_k=1)))
+    with pytest.raises(ValueError, match=r"batch_size=20: expected a multiple of sequence_length=8"):
+        RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=32, batch_size=20, policy_kwargs=TINY_BRIMS)
     with pytest.raises(ValueError, match=r"critic_core='both'.*'shared', 'separate', 'none'"):
         RecurrentPPO("MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(TINY_BRIMS, critic_core="both"))
     with pytest.raises(ValueError, match=r"'shared_lstm' does not apply.*critic_core"):
@@ -247,7 +251,13 @@ def test_save_then_plain_sb3_contrib_load_in_fresh_process(tmp_path, pong_env):
 def test_recurrent_a2c_one_step_per_rollout_and_roundtrip(tmp_path, cartpole_env):
     model = RecurrentA2C("MlpBrimsPolicy", cartpole_env, policy_kwargs=TINY_BRIMS, seed=0)
     assert isinstance(model.policy.optimizer, RMSpropTFLike)
+    assert model.policy.optimizer.defaults["eps"] == 1e-5 and model.policy.optimizer.defaults["alpha"] == 0.99
     assert model.n_steps == 5 and model.rollout_buffer.sequence_length == 5
+    # The user's optimizer_kwargs win over the RMSprop defaults.
+    tuned = RecurrentA2C(
+        "MlpBrimsPolicy", cartpole_env, policy_kwargs=dict(TINY_BRIMS, optimizer_kwargs=dict(eps=0.5)), seed=0
+    )
+    assert tuned.policy.optimizer.defaults["eps"] == 0.5 and tuned.policy.optimizer.defaults["alpha"] == 0.99
     steps = [0]
     model.policy.optimizer.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
     model.learn(5 * 4 * 7)
@@ -320,6 +330,8 @@ def test_brims_extractor_with_plain_sb3(pong_env, algorithm):
     assert extractor(obs).shape == (2, 24)
 
 
-def test_brims_extractor_rejects_flat_observations():
+def test_brims_extractor_rejects_bad_input():
     with pytest.raises(ValueError, match=r"channel-first image stacks"):
         BrimsExtractor(gym.spaces.Box(0, 1, (8,), np.float32))
+    with pytest.raises(ValueError, match=r"core_kwargs 'hidden_size'.*own argument"):
+        BrimsExtractor(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), core_kwargs=dict(hidden_size=10))
