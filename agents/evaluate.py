@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.config import TrainConfig
 from agents.episodes import EpisodeStats, play_episodes
-from agents.train import BEST_MODEL_NAME, CONFIG_NAME, MODEL_NAME, find_run_dir, latest_checkpoint
+from agents.train import BEST_MODEL_NAME, CONFIG_NAME, MODEL_NAME, find_run_dir, newest_model
 
 
 @dataclass
@@ -41,8 +41,8 @@ class EvalResult:
 
 
 def locate_model(path: Union[str, Path], best: bool = False) -> RunModel:
-    """Find the model a path names: a zip, or a run folder's ``model.zip`` (``best_model.zip``
-    with ``best``; the latest checkpoint when the run never finished).
+    """Find the model a path names: a zip, or a run folder's newest model, ``model.zip`` or
+    its latest checkpoint, whichever has trained longer (``best_model.zip`` with ``best``).
 
     Raises:
         FileNotFoundError: nothing usable at ``path``.
@@ -60,11 +60,9 @@ def locate_model(path: Union[str, Path], best: bool = False) -> RunModel:
         if not (run_dir / BEST_MODEL_NAME).is_file():
             raise FileNotFoundError(f"{str(path)!r} holds no {BEST_MODEL_NAME} (was evaluation off during training?)")
         return RunModel(run_dir / BEST_MODEL_NAME, run_dir, config)
-    model_path = run_dir / MODEL_NAME
-    if not model_path.is_file():
-        model_path = latest_checkpoint(run_dir)
-        if model_path is None:
-            raise FileNotFoundError(f"{str(path)!r} holds no {MODEL_NAME} and no checkpoint yet")
+    model_path = newest_model(run_dir)
+    if model_path is None:
+        raise FileNotFoundError(f"{str(path)!r} holds no {MODEL_NAME} and no checkpoint yet")
     return RunModel(model_path, run_dir, config)
 
 

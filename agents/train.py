@@ -106,6 +106,14 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
+def newest_model(run_dir: Path) -> Optional[Path]:
+    """The run's model with the most training steps: its latest checkpoint or ``model.zip``
+    (a finished run that was resumed and interrupted has a checkpoint newer than its model.zip)."""
+    # model.zip first: on a tie (a finished run's last checkpoint) max() keeps it.
+    candidates = [p for p in (run_dir / MODEL_NAME, latest_checkpoint(run_dir)) if p is not None and p.is_file()]
+    return max(candidates, key=saved_num_timesteps) if candidates else None
+
+
 def find_run_dir(path: Union[str, Path]) -> Optional[Path]:
     """The run folder a path belongs to: itself, or the folder holding ``config.yaml`` above a zip."""
     path = Path(path)
@@ -398,10 +406,10 @@ def resolve_resume(path: Union[str, Path]) -> tuple[Path, Path]:
         )
     if path.is_file():
         return run_dir, path
-    candidates = [p for p in (latest_checkpoint(run_dir), run_dir / MODEL_NAME) if p is not None and p.is_file()]
-    if not candidates:
+    model_path = newest_model(run_dir)
+    if model_path is None:
         raise FileNotFoundError(f"--resume {str(path)!r}: the run folder holds no checkpoint and no {MODEL_NAME}")
-    return run_dir, max(candidates, key=saved_num_timesteps)
+    return run_dir, model_path
 
 
 # --------------------------------------------------------------------------- the pipeline

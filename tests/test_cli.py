@@ -102,7 +102,8 @@ def test_resume_continues_steps_schedules_and_tensorboard(run_dir: Path, tmp_pat
 
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
-    assert resolve_resume(run)[1] == run / "checkpoints" / "model_256_steps.zip"
+    # The newest model: model.zip and the last checkpoint both hold 256 steps; the tie goes to model.zip.
+    assert resolve_resume(run)[1] == run / "model.zip"
     out = ok(cli("train", "--resume", str(run / "checkpoints" / "model_128_steps.zip"), "--no-progress-bar", *THREADS))
     assert "Resuming" in out
     assert saved_num_timesteps(run / "model.zip") == 256
@@ -295,6 +296,25 @@ def test_locate_model_picks_final_best_or_latest_checkpoint(run_dir: Path, tmp_p
     assert locate_model(unfinished).model_path == unfinished / "checkpoints" / "model_256_steps.zip"
     with pytest.raises(FileNotFoundError, match="best_model.zip"):
         locate_model(unfinished, best=True)
+    # Resumed past model.zip, then interrupted: the newer checkpoint is the run's model.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    _copy_with_num_timesteps(resumed / "model.zip", resumed / "checkpoints" / "model_512_steps.zip", 512)
+    assert locate_model(resumed).model_path == resumed / "checkpoints" / "model_512_steps.zip"
+
+
+def _copy_with_num_timesteps(source: Path, target: Path, num_timesteps: int) -> None:
+    """A copy of a model zip claiming ``num_timesteps`` training steps."""
+    import json
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            payload = src.read(item)
+            if item.filename == "data":
+                data = json.loads(payload)
+                data["num_timesteps"] = num_timesteps
+                payload = json.dumps(data).encode()
+            dst.writestr(item, payload)
 
 
 def test_config_file_errors_name_the_key(tmp_path: Path) -> None:
