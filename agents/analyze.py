@@ -128,12 +128,8 @@ def _play_and_record(
         dones.append(np.asarray(step_dones, dtype=bool).copy())
         next_start = dones[-1]
 
-    previous = model.policy.activation_recorder
-    model.policy.activation_recorder = recorder
-    try:
+    with model.policy.recording(recorder):
         stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=on_step, max_steps=max_steps)
-    finally:
-        model.policy.activation_recorder = previous
 
     core = model.policy.lstm_actor
     masks = recorder.masks()

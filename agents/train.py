@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -33,6 +34,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.config import TrainConfig
 from brims_rl.loading import read_model_data
+from brims_rl.policies import BrimsPolicy
 
 CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.zip"
@@ -326,14 +328,8 @@ class RunEvalCallback(EvalCallback):
         # Evaluation games must not reach the activation recorder: they are not rollout steps
         # (and their batch size differs from the training envs').
         policy = self.model.policy
-        recorder = getattr(policy, "activation_recorder", None)
-        if recorder is not None:
-            policy.activation_recorder = None
-        try:
+        with policy.recording(None) if isinstance(policy, BrimsPolicy) else nullcontext():
             result = super()._on_step()
-        finally:
-            if recorder is not None:
-                policy.activation_recorder = recorder
         tmp = Path(self.log_path + ".npz")
         if tmp.is_file():
             os.replace(tmp, self.run_dir / EVALUATIONS_NAME)

@@ -8,7 +8,8 @@ read the top BRIMs layer's output on both the acting and the training path.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from gymnasium import spaces
@@ -139,11 +140,17 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         self, obs: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
     ) -> torch.Tensor:
         """Values ``(n, 1)`` (bootstrap at the end of a rollout); never recorded as an acting step."""
-        recorder, self.activation_recorder = self.activation_recorder, None
-        try:
+        with self.recording(None):
             return super().predict_values(obs, lstm_states, episode_starts)
+
+    @contextmanager
+    def recording(self, recorder: Optional[Any]) -> Iterator[None]:
+        """Attach ``recorder`` (None: none) as ``activation_recorder`` for the block, then restore the previous one."""
+        previous, self.activation_recorder = self.activation_recorder, recorder
+        try:
+            yield
         finally:
-            self.activation_recorder = recorder
+            self.activation_recorder = previous
 
     def _process_sequence(  # type: ignore[override]
         self,
