@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from brims_rl.layer import CELL_TYPES, BrimsLayer
+from brims_rl.layer import CELL_TYPES, WEIGHT_INITS, BrimsLayer
 
 TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
 State = tuple[torch.Tensor, torch.Tensor]
@@ -65,6 +65,18 @@ class BRIMs(nn.Module):
         comm_heads, comm_key_size, comm_value_size: communication attention geometry.
         communication: module-to-module communication on (default) or off.
         dropout: attention dropout.
+        input_norm: LayerNorm of the input x before the first layer's key/value projection.
+            Default off, as nn.LSTM: it would erase the scale and mean of low-dimensional
+            observations, and on a CNN's features it multiplies the encoder's gradient by
+            the inverse of their small spread (4x an LSTM policy's at the first PPO update,
+            so gradient clipping then shrinks every other group's step; README).
+        state_norm: LayerNorm of a layer's state where it feeds the layer above (bottom-up).
+            Default on: without it the observation's signal shrinks at each layer. The
+            top-down input is never normalised: at its natural, small scale it modulates the
+            layer below; normalised, the loop between two layers amplified itself and the
+            output followed that loop instead of the frames (README, signal-flow table).
+        weight_init: "fan_in" (default, variance preserving), "uniform" (nn.LSTM-style, the
+            first defaults) or "authors" (0.01 N(0, 1) attention, as the released code).
     """
 
     def __init__(
@@ -84,6 +96,9 @@ class BRIMs(nn.Module):
         comm_value_size: int = 32,
         communication: bool = True,
         dropout: float = 0.0,
+        input_norm: bool = False,
+        state_norm: bool = True,
+        weight_init: str = "fan_in",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -114,6 +129,8 @@ class BRIMs(nn.Module):
             raise ValueError(f"cell={cell!r}: expected one of {CELL_TYPES}")
         if top_down not in TOP_DOWN_MODES:
             raise ValueError(f"top_down={top_down!r}: expected one of {TOP_DOWN_MODES}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
@@ -141,6 +158,8 @@ class BRIMs(nn.Module):
                 comm_value_size=comm_value_size,
                 communication=communication,
                 dropout=dropout,
+                bottom_up_norm=input_norm if layer == 0 else state_norm,
+                weight_init=weight_init,
             )
             for layer in range(num_layers)
         )
@@ -185,7 +204,7 @@ class BRIMs(nn.Module):
 
         # The first layer's bottom-up keys/values do not depend on the recurrence:
         # project the whole sequence in one matmul.
-        first_kv = self.layers[0].bottom_up_kv(x)
+        first_kv = self.layers[0].project_bottom_up(x)
         outputs = []
         masks: list[list[torch.Tensor]] = [[] for _ in self.layers]
         attention: list[list[torch.Tensor]] = [[] for _ in self.layers]
@@ -195,7 +214,7 @@ class BRIMs(nn.Module):
                 cs = [c * keep[t] for c in cs]
             previous_h = list(hs)
             for index, layer in enumerate(self.layers):
-                bottom_up_kv = first_kv[t] if index == 0 else layer.bottom_up_kv(hs[index - 1].reshape(batch, -1))
+                bottom_up_kv = first_kv[t] if index == 0 else layer.project_bottom_up(hs[index - 1].reshape(batch, -1))
                 source = self.top_down_source[index]
                 top_down = None if source is None else previous_h[source].reshape(batch, -1)
                 result = layer(hs[index], cs[index], bottom_up_kv, top_down, need_attention=return_info)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CELL_TYPES = ("lstm", "gru")
+WEIGHT_INITS = ("fan_in", "uniform", "authors")
 
 
 class LayerStep(NamedTuple):
@@ -32,9 +33,9 @@ class LayerStep(NamedTuple):
     slot_attention: Optional[torch.Tensor]
 
 
-def _grouped_weight(groups: int, fan_in: int, fan_out: int, bound: float) -> nn.Parameter:
-    """A stack of ``groups`` independent (fan_in, fan_out) matrices, uniform(-bound, bound)."""
-    return nn.Parameter(torch.empty(groups, fan_in, fan_out).uniform_(-bound, bound))
+def _grouped_weight(groups: int, fan_in: int, fan_out: int) -> nn.Parameter:
+    """A stack of ``groups`` independent (fan_in, fan_out) matrices (initialised by the layer)."""
+    return nn.Parameter(torch.empty(groups, fan_in, fan_out))
 
 
 class BrimsLayer(nn.Module):
@@ -55,6 +56,8 @@ class BrimsLayer(nn.Module):
         comm_heads, comm_key_size, comm_value_size: communication attention geometry.
         communication: False turns module-to-module communication off (an ablation).
         dropout: dropout on both attention maps.
+        bottom_up_norm: LayerNorm of the bottom-up input before its key/value projection.
+        weight_init: one of :data:`WEIGHT_INITS`, see :meth:`reset_parameters`.
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class BrimsLayer(nn.Module):
         comm_value_size: int = 32,
         communication: bool = True,
         dropout: float = 0.0,
+        bottom_up_norm: bool = True,
+        weight_init: str = "fan_in",
     ) -> None:
         super().__init__()
         self.num_modules = num_modules
@@ -90,33 +95,88 @@ class BrimsLayer(nn.Module):
         self.communication = communication
         self.dropout = dropout
 
+        self.weight_init = weight_init
+
         n, d = num_modules, self.block_size
         kv_width = input_heads * (input_key_size + input_value_size)
+        # LayerNorm of the bottom-up input puts its keys and values at unit scale, whatever the
+        # encoder's or the layer below's: without it the observation's signal shrinks at each
+        # attention hop (a lower layer's h is small at init).
+        self.bottom_up_norm = nn.LayerNorm(bottom_up_size) if bottom_up_norm else nn.Identity()
         # One key/value projection per input slot, no bias: the null slot is a zero
         # vector whose key and value stay exactly zero, so its logit is always 0.
         self.bottom_up_kv = nn.Linear(bottom_up_size, kv_width, bias=False)
         self.top_down_kv = nn.Linear(top_down_size, kv_width, bias=False) if self.has_top_down else None
-        self.query = _grouped_weight(n, d, input_heads * input_key_size, 1.0 / math.sqrt(d))
+        self.query = _grouped_weight(n, d, input_heads * input_key_size)
 
         cell_input = input_heads * input_value_size
         gate_count = 4 if cell == "lstm" else 3
-        bound = 1.0 / math.sqrt(d)
         if cell == "lstm":
             # [u, h] @ W in one grouped matmul: gates i, f, g, o.
-            self.cell_weight = _grouped_weight(n, cell_input + d, gate_count * d, bound)
+            self.cell_weight = _grouped_weight(n, cell_input + d, gate_count * d)
             self.cell_hidden_weight = None
         else:
             # GRU needs W_h h separately (the reset gate multiplies its candidate part).
-            self.cell_weight = _grouped_weight(n, cell_input, gate_count * d, bound)
-            self.cell_hidden_weight = _grouped_weight(n, d, gate_count * d, bound)
-        self.cell_bias = nn.Parameter(torch.empty(n, gate_count * d).uniform_(-bound, bound))
+            self.cell_weight = _grouped_weight(n, cell_input, gate_count * d)
+            self.cell_hidden_weight = _grouped_weight(n, d, gate_count * d)
+        self.cell_bias = nn.Parameter(torch.empty(n, gate_count * d))
 
         if communication:
             qkv_width = comm_heads * (2 * comm_key_size + comm_value_size)
-            self.comm_qkv = _grouped_weight(n, d, qkv_width, 1.0 / math.sqrt(d))
+            self.comm_qkv = _grouped_weight(n, d, qkv_width)
             out_width = comm_heads * comm_value_size
             # Gate and candidate of the residual update, fused: h += sigmoid(G o) * tanh(F o).
-            self.comm_gate_candidate = _grouped_weight(n, out_width, 2 * d, 1.0 / math.sqrt(out_width))
+            self.comm_gate_candidate = _grouped_weight(n, out_width, 2 * d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every weight by ``weight_init`` (see :data:`WEIGHT_INITS`).
+
+        "fan_in" (default): N(0, 1/fan_in) for every projection, so unit-variance inputs give
+        unit-variance keys and gate pre-activations, values scaled up to make up for the
+        near-uniform attention at init; cell biases 0 (a forget-gate bias of 1 was measured
+        too: it lengthens the memory at init, and the output then follows the history more
+        than the current input).
+        "uniform": U(+-1/sqrt(n)) with n the module's block size for the cells, queries and
+        communication keys (nn.LSTM's rule) and the input width for key/value projections
+        (nn.Linear's): this project's first defaults, which starve the heads (README).
+        "authors": "uniform" cells with 0.01 * N(0, 1) attention projections, as the
+        released BRIMs code.
+        """
+        d = self.block_size
+        attention = [self.bottom_up_kv.weight, self.query]
+        if self.top_down_kv is not None:
+            attention.append(self.top_down_kv.weight)
+        cells = [self.cell_weight] + ([self.cell_hidden_weight] if self.cell_hidden_weight is not None else [])
+        communication = [self.comm_qkv, self.comm_gate_candidate] if self.communication else []
+        with torch.no_grad():
+            for weight in attention + cells + communication:
+                # nn.Linear stores (out, in), grouped weights (groups, in, out).
+                fan_in = weight.shape[1]
+                if self.weight_init == "fan_in":
+                    weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+                elif self.weight_init == "authors" and any(weight is w for w in attention):
+                    weight.normal_(0.0, 0.01)
+                else:
+                    legacy_fan_in = d if any(weight is w for w in cells) else fan_in
+                    bound = 1.0 / math.sqrt(legacy_fan_in)
+                    weight.uniform_(-bound, bound)
+            if self.weight_init == "fan_in":
+                # At init the queries are ~0, so each of the S slots (null included) gets
+                # attention ~1/S and the cell input is ~(1/S) * (sum of S - 1 values): scale
+                # the values by S / sqrt(S - 1) to hand the cells a unit-variance input.
+                slots = 3 if self.has_top_down else 2
+                value_gain = slots / math.sqrt(slots - 1)
+                for projection in [self.bottom_up_kv] + ([self.top_down_kv] if self.top_down_kv is not None else []):
+                    per_head = projection.weight.view(self.input_heads, self.input_key_size + self.input_value_size, -1)
+                    per_head[:, self.input_key_size :] *= value_gain
+                self.cell_bias.zero_()
+            else:
+                self.cell_bias.uniform_(-1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
+
+    def project_bottom_up(self, bottom_up: torch.Tensor) -> torch.Tensor:
+        """Keys and values of the bottom-up slot, ``(..., bottom_up_size) -> (..., heads*(dk+dv))``."""
+        return self.bottom_up_kv(self.bottom_up_norm(bottom_up))
 
     def extra_repr(self) -> str:
         return (
@@ -136,7 +196,7 @@ class BrimsLayer(nn.Module):
 
         Args:
             h, c: previous state, ``(B, N, d)``.
-            bottom_up_kv: ``self.bottom_up_kv(bottom_up_input)``, ``(B, heads*(dk+dv))``;
+            bottom_up_kv: ``self.project_bottom_up(bottom_up_input)``, ``(B, heads*(dk+dv))``;
                 projected by the caller so the first layer can project a whole sequence
                 in one matmul.
             top_down: previous state of the layer above, ``(B, top_down_size)``, or None.
