@@ -17,6 +17,11 @@ stacking in C++ worker threads; this class only translates its outputs to SB3's 
 * **Frame stack after a life loss.** SB3's ``VecFrameStack`` restarts the stack (zeros, then
   the new frame) on every ``done``; the C++ stack does so only at a real reset, so after a
   life-loss terminal we zero the older slots until new frames have filled them.
+* **FIRE after a life loss.** ale-py presses FIRE at the start of a game only
+  (``use_fire_reset``). In games that wait for FIRE to relaunch (Breakout, ...), the agent's
+  first action after a lost life is replaced by FIRE, as SB3's ``FireResetEnv`` (reset after
+  every life-loss terminal) and envpool do; otherwise an agent must first discover the relaunch
+  and a policy that never fires stalls until the time limit.
 * **Rewards and statistics.** The C++ env runs with ``reward_clipping=False`` so the raw score
   is known: ``step`` returns ``sign(raw)`` when ``clip_reward`` and ``info["episode"]`` reports
   ``{"r": raw score, "l": agent steps, "t": seconds since construction}`` only at the real end
@@ -71,6 +76,8 @@ class AleVecEnv(VecEnv):
         frame_skip: emulator frames per agent step.
         screen_size: side of the square grey frames.
         num_threads: C++ worker threads (0: one per core).
+        fire_after_life_loss: press FIRE (instead of the agent's action) on the first step
+            after a lost life, in games whose action 1 is FIRE.
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class AleVecEnv(VecEnv):
         frame_skip: int = 4,
         screen_size: int = 84,
         num_threads: int = 0,
+        fire_after_life_loss: bool = True,
     ) -> None:
         from ale_py.vector_env import AtariVectorEnv
 
@@ -114,6 +122,9 @@ class AleVecEnv(VecEnv):
             use_fire_reset=True,
         )
         self._action_meanings = [action.name for action in self._ale.ale.get_action_set()]
+        # SB3's FireResetEnv rule for "this game waits for FIRE".
+        needs_fire = len(self._action_meanings) >= 3 and self._action_meanings[1] == "FIRE"
+        self.fire_after_life_loss = fire_after_life_loss and needs_fire
         observation_space = spaces.Box(0, 255, (frame_stack, screen_size, screen_size), np.uint8)
         action_space = spaces.Discrete(len(self._action_meanings))
 
@@ -124,6 +135,7 @@ class AleVecEnv(VecEnv):
         self._episode_frame = np.zeros(num_envs, dtype=np.int64)
         # Frames received since the stack (re)started; < frame_stack only after a life loss.
         self._stack_fill = np.full(num_envs, frame_stack, dtype=np.int64)
+        self._fire_next = np.zeros(num_envs, dtype=bool)  # lost a life at the last step
         self._waiting = False
         self._needs_reset = True
         self.t_start = time.time()
@@ -151,6 +163,7 @@ class AleVecEnv(VecEnv):
         self._lives[:] = info["lives"]
         self._episode_frame[:] = info["episode_frame_number"]
         self._stack_fill[:] = self.frame_stack
+        self._fire_next[:] = False
         self._needs_reset = False
         self.reset_infos = [{"lives": lives} for lives in self._lives.tolist()]
         return obs
@@ -160,6 +173,8 @@ class AleVecEnv(VecEnv):
         if self._needs_reset:
             raise RuntimeError("AleVecEnv: call reset() before step()")
         actions = np.asarray(actions).reshape(self.num_envs).astype(np.int64, copy=False)
+        if self._fire_next.any():
+            actions = np.where(self._fire_next, 1, actions)
         self._ale.send(actions)
         self._waiting = True
 
@@ -181,10 +196,13 @@ class AleVecEnv(VecEnv):
 
         if self.frame_stack > 1:
             self._stack_fill += 1
+        # A life loss leaves the emulator running: lives fell, frame counter kept going.
+        life_lost = (lives < self._lives) & (episode_frame > self._episode_frame)
+        if self.fire_after_life_loss:
+            self._fire_next = life_lost
         if dones.any():
             if self.terminal_on_life_loss:
-                # A life loss leaves the emulator running: lives fell, frame counter kept going.
-                life_lost = terminated & ~truncated & (lives < self._lives) & (episode_frame > self._episode_frame)
+                life_lost = life_lost & terminated & ~truncated
             else:
                 life_lost = np.zeros_like(dones)
             final_obs = ale_info.get("final_obs")
