@@ -21,10 +21,16 @@ StepHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[s
 
 @dataclass
 class EpisodeStats:
-    """Finished episodes, in the order they ended: raw returns and lengths in agent steps."""
+    """Finished episodes, in the order they ended: raw returns, lengths in agent steps, and
+    whether the env's time limit ended them (``info["TimeLimit.truncated"]``)."""
 
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+
+    @property
+    def n_truncated(self) -> int:
+        return int(sum(self.truncated))
 
     @property
     def mean(self) -> float:
@@ -80,6 +86,7 @@ def play_episodes(
             if episode is not None and counts[i] < targets[i]:
                 stats.returns.append(float(episode["r"]))
                 stats.lengths.append(int(episode["l"]))
+                stats.truncated.append(bool(infos[i].get("TimeLimit.truncated", False)))
                 counts[i] += 1
         obs, episode_start = new_obs, dones
         steps += 1
