@@ -28,5 +28,13 @@ class RecurrentPPO(SequenceBufferAlgorithm):
 
     algorithm_name = "RecurrentPPO"
 
-    def __init__(self, policy: Any, env: Any, *args: Any, sequence_length: Optional[int] = 8, **kwargs: Any) -> None:
-        super().__init__(policy, env, *args, sequence_length=sequence_length, **kwargs)
+    def __init__(
+        self,
+        policy: Any,
+        env: Any,
+        *args: Any,
+        sequence_length: Optional[int] = 8,
+        refresh_states: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(policy, env, *args, sequence_length=sequence_length, refresh_states=refresh_states, **kwargs)

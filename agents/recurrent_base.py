@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Optional
 
 import sb3_contrib
+import torch
 from stable_baselines3.common.policies import BasePolicy
 
 from agents.sequence_buffer import SequenceRolloutBuffer
@@ -28,9 +29,12 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
         "MultiInputBrimsPolicy": MultiInputBrimsPolicy,
     }
 
-    def __init__(self, *args: Any, sequence_length: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, sequence_length: Optional[int] = None, refresh_states: bool = False, **kwargs: Any
+    ) -> None:
         # Set before the parent's __init__, which calls _setup_model.
         self.sequence_length = sequence_length
+        self.refresh_states = refresh_states
         self.brims_rl_algorithm = self.algorithm_name
         super().__init__(*args, **kwargs)
 
@@ -50,9 +54,43 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
             n_envs=self.n_envs,
             sequence_length=self.sequence_length,
         )
+        if self.refresh_states:
+            self.rollout_buffer.state_refresher = self._refresh_stored_states
         # Checked here, at construction, not after the first rollout (the buffer's get()).
         if self.batch_size is not None and self.batch_size % self.sequence_length != 0:
             raise ValueError(
                 f"batch_size={self.batch_size}: expected a multiple of sequence_length={self.sequence_length} "
                 "(a minibatch holds whole sequences)"
             )
+
+    @torch.no_grad()
+    def _refresh_stored_states(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Recompute the recurrent state at every chunk start with the current policy.
+
+        tensors: the rollout's ``(n_steps, n_envs, ...)`` tensors (states ``(n_steps, n_envs,
+        layers, hidden)``), updated in place. The core runs over each env's whole rollout from
+        the state stored at step 0 (the state the policy really had), chunk by chunk, so the
+        state entering chunk ``j`` is what the current weights carry there. Costs one
+        forward pass over the rollout per refresh (no gradient).
+        """
+        policy = self.policy
+        observations, starts = tensors["observations"], tensors["episode_starts"]
+        n_steps, n_envs = starts.shape
+        features = policy.extract_features(observations.reshape(n_steps * n_envs, *observations.shape[2:]))
+        pi_features, vf_features = (features, features) if policy.share_features_extractor else features
+        cores = [("pi", policy.lstm_actor, pi_features)]
+        if policy.lstm_critic is not None:
+            cores.append(("vf", policy.lstm_critic, vf_features))
+        length = self.sequence_length
+        for suffix, core, core_features in cores:
+            core_features = core_features.reshape(n_steps, n_envs, -1)
+            hidden, cell = tensors[f"hidden_{suffix}"], tensors[f"cell_{suffix}"]
+            state = (hidden[0].transpose(0, 1).contiguous(), cell[0].transpose(0, 1).contiguous())
+            for start in range(0, n_steps - length, length):
+                chunk = slice(start, start + length)
+                # _process_sequence takes sequence-major (n_envs * length) rows.
+                chunk_features = core_features[chunk].transpose(0, 1).reshape(n_envs * length, -1)
+                chunk_starts = starts[chunk].transpose(0, 1).reshape(-1)
+                _, state = policy._process_sequence(chunk_features, state, chunk_starts, core)
+                hidden[start + length] = state[0].transpose(0, 1)
+                cell[start + length] = state[1].transpose(0, 1)

@@ -16,7 +16,7 @@ an all-true mask, so sb3-contrib's ``RecurrentPPO.train`` uses them unchanged.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
                 f"sequence_length={sequence_length!r}: expected a positive int dividing n_steps={buffer_size}"
             )
         self.sequence_length = sequence_length
+        # Called with the rollout's tensors before every pass over the rollout but the first
+        # (see ``get``); the algorithm sets it to recompute the chunks' starting states.
+        self.state_refresher: Optional[Callable[[dict[str, torch.Tensor]], None]] = None
+        self._tensors: Optional[dict[str, torch.Tensor]] = None
         super().__init__(
             buffer_size,
             observation_space,
@@ -62,6 +66,10 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
             gamma=gamma,
             n_envs=n_envs,
         )
+
+    def reset(self) -> None:
+        super().reset()
+        self._tensors = None
 
     @property
     def num_chunks(self) -> int:
@@ -77,7 +85,14 @@ class SequenceRolloutBuffer(RecurrentRolloutBuffer):
             raise ValueError(
                 f"batch_size={batch_size}: expected a multiple of sequence_length={self.sequence_length}"
             )
-        tensors = self._rollout_tensors()
+        if self._tensors is None:
+            # First pass over this rollout: the states stored while acting are exact.
+            self._tensors = self._rollout_tensors()
+        elif self.state_refresher is not None:
+            # Later passes: the policy has changed since the rollout, so the stored states no
+            # longer match what it would carry; refresh them before cutting chunks again.
+            self.state_refresher(self._tensors)
+        tensors = self._tensors
         chunks_per_batch = max(1, batch_size // self.sequence_length)
         # numpy's global RNG (seeded by SB3's set_random_seed), moved to the device once per rollout
         order = torch.from_numpy(np.random.permutation(self.num_chunks)).to(self.device)

@@ -1,0 +1,128 @@
+"""sb3-contrib's own memory benchmark for recurrent PPO, run with either pipeline and core.
+
+``test_ppo_lstm_performance`` in sb3-contrib's test suite: CartPole without the velocities
+(``BrimsRL/MaskedCartPole-v0``: cart position and pole angle only, 500-step limit), under
+``VecNormalize``, 8 envs, ``n_steps=128, learning_rate=7e-4, batch_size=256, seed=1,
+n_epochs=10, max_grad_norm=1, gae_lambda=0.98``, ``net_arch=dict(vf=[64], pi=[])``,
+``ortho_init=False``, 50k steps. The bar: a mean reward of at least 450 over 20 evaluation
+episodes (a memoryless policy gets about 50).
+
+Pipelines: ``sb3`` (``sb3_contrib.RecurrentPPO``, whole-episode padded sequences) and
+``ours`` (``agents.RecurrentPPO``, fixed-length chunks). Cores: ``lstm`` (64 units, critic
+LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy``, hidden 64, 4 modules top-2).
+
+Examples::
+
+    python benchmarks/memory_benchmark.py --pipeline ours sb3 --core lstm brims
+    python benchmarks/memory_benchmark.py --pipeline ours --core brims --seeds 1 2 3 \\
+        --set sequence_length=32 --set policy_kwargs.critic_core=separate
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from typing import Any, Optional
+
+import numpy as np
+import sb3_contrib
+import torch
+import yaml
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+import envs
+from agents import RecurrentPPO
+
+TIMESTEPS = 50_000
+BAR = 450.0
+EVAL_EPISODES = 20
+ALGORITHM_SETTINGS: dict[str, Any] = dict(
+    n_steps=128, learning_rate=7e-4, batch_size=256, n_epochs=10, max_grad_norm=1, gae_lambda=0.98
+)
+POLICY_SETTINGS: dict[str, dict[str, Any]] = {
+    "lstm": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, lstm_hidden_size=64, enable_critic_lstm=True),
+    "brims": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, hidden_size=64, num_modules=4, top_k=2),
+}
+POLICY_NAMES = {"lstm": "MlpLstmPolicy", "brims": "MlpBrimsPolicy"}
+
+
+def set_nested(settings: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """``set_nested(d, "policy_kwargs.top_k", 3)`` sets ``d["policy_kwargs"]["top_k"] = 3``."""
+    *parents, last = dotted_key.split(".")
+    for parent in parents:
+        settings = settings.setdefault(parent, {})
+    settings[last] = value
+
+
+def build_model(pipeline: str, core: str, seed: int, overrides: Optional[dict[str, Any]] = None):
+    """The benchmark's model (not trained) on a fresh ``VecNormalize`` training env."""
+    settings: dict[str, Any] = dict(ALGORITHM_SETTINGS, policy_kwargs=dict(POLICY_SETTINGS[core]), seed=seed)
+    if pipeline == "ours":
+        settings["sequence_length"] = 16
+    for key, value in (overrides or {}).items():
+        set_nested(settings, key, value)
+    env = VecNormalize(envs.make_vec_env(envs.MASKED_CARTPOLE_ID, n_envs=8, seed=seed))
+    algorithm = RecurrentPPO if pipeline == "ours" else sb3_contrib.RecurrentPPO
+    policy: Any = POLICY_NAMES[core]
+    if pipeline == "sb3" and core == "brims":
+        from brims_rl import MlpBrimsPolicy
+
+        policy = MlpBrimsPolicy
+    return algorithm(policy, env, **settings)
+
+
+def evaluate(model: Any, seed: int) -> tuple[float, float]:
+    """Mean and std of the reward over 20 deterministic episodes, on an eval env that uses the
+    training env's observation statistics (as sb3-contrib's EvalCallback syncs them)."""
+    eval_env = VecNormalize(
+        envs.make_vec_env(envs.MASKED_CARTPOLE_ID, n_envs=4, seed=seed + 1000), training=False, norm_reward=False
+    )
+    eval_env.obs_rms = model.get_env().obs_rms.copy()
+    try:
+        rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True)
+    finally:
+        eval_env.close()
+    return float(np.mean(rewards)), float(np.std(rewards))
+
+
+def run(pipeline: str, core: str, seed: int = 1, timesteps: int = TIMESTEPS, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Train and evaluate once; returns mean and std reward and the training wall time."""
+    model = build_model(pipeline, core, seed, overrides)
+    start = time.perf_counter()
+    model.learn(timesteps)
+    seconds = time.perf_counter() - start
+    mean, std = evaluate(model, seed)
+    model.get_env().close()
+    return dict(pipeline=pipeline, core=core, seed=seed, mean=mean, std=std, seconds=seconds)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"])
+    parser.add_argument("--core", nargs="+", default=["lstm", "brims"], choices=["lstm", "brims"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override (YAML value): sequence_length=32, policy_kwargs.critic_core=separate, ...")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    label = " ".join(args.set) or "defaults"
+    print(f"| pipeline | core | settings | seed | mean reward (20 episodes) | >= {BAR:.0f} | train wall s |")
+    print("|---|---|---|---:|---:|---|---:|")
+    for pipeline, core, seed in itertools.product(args.pipeline, args.core, args.seeds):
+        result = run(pipeline, core, seed, args.timesteps, overrides)
+        passed = "yes" if result["mean"] >= BAR else "no"
+        print(f"| {pipeline} | {core} | {label} | {seed} | {result['mean']:.0f} +/- {result['std']:.0f} | {passed} | {result['seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

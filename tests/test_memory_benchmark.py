@@ -1,0 +1,22 @@
+"""sb3-contrib's own learning benchmark for recurrent PPO (``test_ppo_lstm_performance``),
+run through ``agents.RecurrentPPO`` with each core: CartPole without the velocities, 50k
+steps, mean reward >= 450 over 20 evaluation episodes (a memoryless policy gets about 50).
+The settings live in ``benchmarks/memory_benchmark.py``, which also runs sb3-contrib's
+pipeline beside ours."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import memory_benchmark  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("core", ["lstm", "brims"])
+def test_recurrent_ppo_solves_cartpole_without_velocities(core):
+    result = memory_benchmark.run("ours", core, seed=1)
+    assert result["mean"] >= memory_benchmark.BAR, result
