@@ -179,18 +179,20 @@ def summary_table(episode_rows: list[tuple], train_rows: list[tuple], timesteps:
         "(mean over seeds, [min, max] of the seed means); first step where train/explained_variance "
         "passed 0.5 (per seed).",
         "",
-        "| game | policy | seeds | mean score, last window | per seed | EV > 0.5 first at |",
-        "|---|---|---:|---:|---|---|",
+        "| game | policy | seeds | steps trained | mean score, last window | per seed | EV > 0.5 first at |",
+        "|---|---|---:|---|---:|---|---|",
     ]
     for (game, policy), seeds in _groups(episode_rows).items():
-        means, firsts = [], []
+        means, firsts, trained = [], [], []
         for seed, rows in sorted(seeds.items()):
+            updates = train.get((game, policy), {}).get(seed, [])
+            trained.append(f"{max(step for step, *_ in updates):,}" if updates else "0")
             last = [score for step, score in rows if step > timesteps - window]
             means.append(float(np.mean(last)) if last else float("nan"))
             crossing = [step for step, ev, *_ in train.get((game, policy), {}).get(seed, []) if ev > 0.5]
             firsts.append(f"{crossing[0]:,}" if crossing else "never")
         lines.append(
-            f"| {game} | {policy} | {len(means)} | {np.nanmean(means):.2f} | "
+            f"| {game} | {policy} | {len(means)} | {', '.join(trained)} | {np.nanmean(means):.2f} | "
             f"{', '.join(f'{m:.2f}' for m in means)} | {', '.join(firsts)} |"
         )
     return "\n".join(lines) + "\n"
@@ -230,7 +232,7 @@ def plot_curves(episode_rows: list[tuple], train_rows: list[tuple], path: Path, 
                 axis = axes[row, column]
                 with np.errstate(all="ignore"):
                     mean = np.nanmean(curves, axis=0)
-                line, = axis.plot(centres, mean, label=f"{policy} ({len(curves)} seeds)", linewidth=2)
+                line, = axis.plot(centres, mean, label=f"{policy} ({len(curves)} seed{'s' if len(curves) > 1 else ''})", linewidth=2)
                 axis.fill_between(centres, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=line.get_color(), alpha=0.2)
                 axis.set_ylabel(title)
         axes[0, column].set_title(f"{game}: raw score per game (mean over seeds, band = min-max)")

@@ -15,8 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import memory_benchmark  # noqa: E402
 
 
+SPARSE_UPDATE_GAP = pytest.mark.xfail(
+    strict=True,
+    reason="open issue: with sparse updates (top-2 of 4) BRIMs reaches 40-80, not 450, in either pipeline "
+    "(README, 'sb3-contrib's memory benchmark'); strict, so the fix must remove this mark",
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("core", ["lstm", "brims"])
+@pytest.mark.parametrize("core", ["lstm", pytest.param("brims", marks=SPARSE_UPDATE_GAP)])
 def test_recurrent_ppo_solves_cartpole_without_velocities(core):
     result = memory_benchmark.run("ours", core, seed=1)
     assert result["mean"] >= memory_benchmark.BAR, result
