@@ -261,3 +261,79 @@ def test_active_modules_are_those_attending_least_to_null():
         assert (most_null_active <= least_null_inactive).all()
         # Not vacuous: the null attention really differs between modules.
         assert (most_null_active < least_null_inactive).any()
+
+
+# --- One module's cell is a textbook LSTM / GRU cell ------------------------------------------
+
+
+def _randomize_cell(layer, generator: torch.Generator) -> None:
+    """Random cell weights, so the comparison does not depend on how they are initialised."""
+    with torch.no_grad():
+        for name in ("cell_weight", "cell_hidden_weight", "cell_bias"):
+            parameter = getattr(layer, name)
+            if parameter is not None:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.5)
+
+
+def _reference_cell(layer, module: int) -> torch.nn.Module:
+    """``nn.LSTMCell`` / ``nn.GRUCell`` holding module ``module``'s weights (torch's gate order:
+    LSTM i, f, g, o; GRU r, z, n). BRIMs adds its one bias to the input side only."""
+    d = layer.block_size
+    weight = layer.cell_weight[module].detach()
+    if layer.cell == "lstm":
+        inputs = weight.shape[0] - d
+        reference = torch.nn.LSTMCell(inputs, d).double()
+        w_input, w_hidden = weight[:inputs], weight[inputs:]
+    else:
+        inputs = weight.shape[0]
+        reference = torch.nn.GRUCell(inputs, d).double()
+        w_input, w_hidden = weight, layer.cell_hidden_weight[module].detach()
+    with torch.no_grad():
+        reference.weight_ih.copy_(w_input.T)
+        reference.weight_hh.copy_(w_hidden.T)
+        reference.bias_ih.copy_(layer.cell_bias[module].detach())
+        reference.bias_hh.zero_()
+    return reference
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_module_cell_equals_torch_cell_with_its_weights(cell):
+    core = make_core(cell=cell, num_layers=1, num_modules=4, top_k=2).double()
+    layer = core.layers[0]
+    generator = torch.Generator().manual_seed(3)
+    _randomize_cell(layer, generator)
+    batch, d = 5, layer.block_size
+    inputs = layer.input_heads * layer.input_value_size
+    cell_input = torch.randn(batch, 4, inputs, generator=generator, dtype=torch.float64)
+    h = torch.randn(batch, 4, d, generator=generator, dtype=torch.float64)
+    c = torch.randn(batch, 4, d, generator=generator, dtype=torch.float64)
+    h_new, c_new = layer._cell(cell_input, h, c)
+    for module in range(4):
+        reference = _reference_cell(layer, module)
+        if cell == "lstm":
+            h_ref, c_ref = reference(cell_input[:, module], (h[:, module], c[:, module]))
+            torch.testing.assert_close(c_new[:, module], c_ref, rtol=0, atol=1e-12)
+        else:
+            h_ref = reference(cell_input[:, module], h[:, module])
+            assert torch.equal(c_new, c)
+        torch.testing.assert_close(h_new[:, module], h_ref, rtol=0, atol=1e-12)
+
+
+# --- communication=False ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("communication", [True, False])
+def test_without_communication_modules_do_not_read_each_other(communication):
+    """All modules active (top_k = N) so the selection cannot change: changing one module's
+    previous state changes only that module's new state exactly when communication is off."""
+    core = make_core(num_layers=1, num_modules=4, top_k=4, communication=communication).double()
+    assert any(name.startswith("layers.0.comm_") for name in core.state_dict()) == communication
+    x = torch.randn(1, 2, INPUT, dtype=torch.float64)
+    h, c = (torch.randn(1, 2, HIDDEN, dtype=torch.float64) for _ in range(2))
+    h_other = h.clone()
+    h_other[0, :, :6] += 1.0  # module 0's block (4 modules of 6 units)
+    out, _ = core(x, (h, c))
+    out_other, _ = core(x, (h_other, c))
+    changed = [(out[0, :, m * 6 : (m + 1) * 6] - out_other[0, :, m * 6 : (m + 1) * 6]).abs().max().item() > 0
+               for m in range(4)]
+    assert changed == [True, communication, communication, communication]
