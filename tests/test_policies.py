@@ -218,6 +218,30 @@ def test_sequence_buffer_chunks_are_consecutive_steps_of_one_env():
         next(buffer.get(6))
 
 
+def test_sequence_buffer_defaults_are_sb3_contribs():
+    """Built with only its required arguments, the buffer computes the same returns and
+    advantages as sb3-contrib's RecurrentRolloutBuffer with its own defaults, on the CPU here."""
+    from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+
+    n_steps, n_envs, shape = 8, 2, (8, 1, 2, 4)
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, n_envs=n_envs, sequence_length=4)
+    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, n_envs=n_envs)
+    assert ours.device == theirs.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rng = np.random.default_rng(0)
+    zeros = torch.zeros(1, n_envs, 4)
+    for step in range(n_steps):
+        row = [rng.standard_normal((n_envs, 1)), np.zeros((n_envs, 1)), rng.standard_normal(n_envs),
+               (rng.random(n_envs) < 0.2).astype(np.float32), torch.randn(n_envs), torch.zeros(n_envs)]
+        for buffer in (ours, theirs):
+            buffer.add(*row, lstm_states=RNNStates((zeros, zeros), (zeros, zeros)))
+    last_values, dones = torch.randn(n_envs), np.array([0.0, 1.0])
+    for buffer in (ours, theirs):
+        buffer.compute_returns_and_advantage(last_values, dones)
+    np.testing.assert_array_equal(ours.returns, theirs.returns)
+    np.testing.assert_array_equal(ours.advantages, theirs.advantages)
+
+
 SAVED_PREDICT = textwrap.dedent(
     """
     import sys, numpy as np, sb3_contrib
