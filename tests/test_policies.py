@@ -223,11 +223,12 @@ def test_sequence_buffer_defaults_are_sb3_contribs():
     advantages as sb3-contrib's RecurrentRolloutBuffer with its own defaults, on the CPU here."""
     from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 
-    n_steps, n_envs, shape = 8, 2, (8, 1, 2, 4)
+    n_steps, n_envs, shape = 32, 1, (32, 1, 1, 4)
     space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, n_envs=n_envs, sequence_length=4)
-    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, n_envs=n_envs)
+    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
+    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
     assert ours.device == theirs.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert (ours.n_envs, ours.sequence_length, ours.num_chunks) == (1, 16, 2)  # the documented default chunk
     rng = np.random.default_rng(0)
     zeros = torch.zeros(1, n_envs, 4)
     for step in range(n_steps):
@@ -235,7 +236,7 @@ def test_sequence_buffer_defaults_are_sb3_contribs():
                (rng.random(n_envs) < 0.2).astype(np.float32), torch.randn(n_envs), torch.zeros(n_envs)]
         for buffer in (ours, theirs):
             buffer.add(*row, lstm_states=RNNStates((zeros, zeros), (zeros, zeros)))
-    last_values, dones = torch.randn(n_envs), np.array([0.0, 1.0])
+    last_values, dones = torch.randn(n_envs), np.array([1.0])
     for buffer in (ours, theirs):
         buffer.compute_returns_and_advantage(last_values, dones)
     np.testing.assert_array_equal(ours.returns, theirs.returns)
