@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import socket
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -89,18 +91,64 @@ def check_layer_invariants(values: dict[str, float], layer: int, top_k: int, num
 # --- The training callback ---------------------------------------------------------------
 
 
+class CoreCalls:
+    """The policy's OWN record of its actor core, kept apart from the code under test: a
+    forward hook stores what every call that asked for module info got and returned."""
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        self.masks: list[list[np.ndarray]] = []
+        self.starts: list[np.ndarray] = []
+        self.handle = core.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        if not kwargs.get("return_info"):
+            return
+        steps, batch = args[0].shape[:2]
+        starts = kwargs.get("episode_starts")
+        assert starts is not None, "the core was called without episode_starts"
+        self.starts.append(starts.detach().cpu().numpy().astype(bool).reshape(steps, batch))
+        self.masks.append([mask.detach().cpu().numpy() for mask in output[2].masks])
+
+    def layer_masks(self, layer: int) -> np.ndarray:
+        """Bool ``(calls * T, B, N_l)``."""
+        return np.concatenate([masks[layer] for masks in self.masks])
+
+    def episode_starts(self) -> np.ndarray:
+        """Bool ``(calls * T, B)``: where the core reset an env's state."""
+        return np.concatenate(self.starts)
+
+
+def switch_rate_by_hand(masks: np.ndarray, starts: np.ndarray) -> float:
+    """Fraction of (env, step) pairs within one episode whose active set changed."""
+    switches = pairs = 0
+    for t in range(1, len(masks)):
+        for env in range(masks.shape[1]):
+            if not starts[t, env]:
+                pairs += 1
+                switches += int((masks[t, env] != masks[t - 1, env]).any())
+    return switches / pairs
+
+
 @pytest.fixture(scope="module")
-def trained_logdir(tmp_path_factory) -> Path:
-    """Three rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback."""
+def trained(tmp_path_factory) -> tuple[Path, CoreCalls]:
+    """Three rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback, and the
+    actor core's own record of its acting calls."""
     tensorboard_log = tmp_path_factory.mktemp("tb")
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env, tensorboard_log=str(tensorboard_log))
+    calls = CoreCalls(model.policy.lstm_actor)
     callback = ModuleActivationCallback(heatmap_env=1)
     model.learn(3 * ROLLOUT, callback=callback)
+    calls.handle.remove()
     # Only the rollouts were recorded: the recorder is off during (and after) the updates.
     assert model.policy.activation_recorder is None
     env.close()
-    return run_dir(tensorboard_log)
+    return run_dir(tensorboard_log), calls
+
+
+@pytest.fixture(scope="module")
+def trained_logdir(trained) -> Path:
+    return trained[0]
 
 
 def test_callback_writes_every_tag_for_every_layer_and_module(trained_logdir):
@@ -152,18 +200,57 @@ def test_callback_histograms_count_every_step_and_module(trained_logdir):
             assert last[i] / (N_STEPS * N_ENVS) == pytest.approx(fraction, abs=1e-6)
 
 
-def test_callback_heatmap_shows_modules_by_steps_with_episode_starts(trained_logdir):
-    events = load_events(trained_logdir)
+def test_callback_matches_the_policys_own_acting_calls(trained):
+    """Switch rate, active fractions and histograms of each logged rollout, recomputed from
+    the masks and episode starts the actor core itself saw (one call per rollout step)."""
+    logdir, calls = trained
+    events = load_events(logdir)
+    assert len(calls.masks) == 3 * N_STEPS and all(m[0].shape[0] == 1 for m in calls.masks)
+    starts = calls.episode_starts()
+    # CueMemory episodes are a few steps long: the core reset envs inside every rollout.
+    assert all(starts[r * N_STEPS + 1 : (r + 1) * N_STEPS].any() for r in range(3))
+    for layer, n in enumerate(NUM_MODULES):
+        switch = scalar_values(events, f"brims/layer{layer}/switch_rate")
+        histograms = events.Histograms(f"brims/layer{layer}/activation_frequency")
+        for rollout in range(3):
+            steps = slice(rollout * N_STEPS, (rollout + 1) * N_STEPS)
+            masks = calls.layer_masks(layer)[steps]
+            step = (rollout + 1) * ROLLOUT
+            assert switch[step] == pytest.approx(switch_rate_by_hand(masks, starts[steps]), abs=1e-6)
+            for i in range(n):
+                fraction = scalar_values(events, f"brims/layer{layer}/module{i}/active_frac")[step]
+                assert fraction == pytest.approx(masks[..., i].mean(), abs=1e-6)
+            assert list(histograms[rollout].histogram_value.bucket) == masks.sum((0, 1)).tolist()
+
+
+RED = np.array([230, 30, 30])
+
+
+def test_callback_heatmap_shows_the_policys_masks_and_episode_starts(trained):
+    """The last rollout's heatmap of env 1: module rows by step columns (the layout the
+    README documents, 12-pixel rows under a red-marks strip), each cell bright exactly where
+    the core updated that module, a red mark exactly where the core reset env 1."""
+    logdir, calls = trained
+    events = load_events(logdir)
+    starts = calls.episode_starts()[2 * N_STEPS :, 1]
+    assert starts.any()
+    row_height = 12
     for layer, n in enumerate(NUM_MODULES):
         images = events.Images(f"brims/layer{layer}/activation_heatmap")
         assert len(images) == 3
-        pixels = np.asarray(PILImage.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB"))
-        reference = activation_heatmap(np.zeros((N_STEPS, n), dtype=bool))
-        # One column group per rollout step, one row per module (no extra step recorded).
-        assert pixels.shape == reference.shape
-        # CueMemory episodes are a few steps long: some episode start is marked in red.
-        band = pixels[0]
-        assert ((band[:, 0] > 200) & (band[:, 1] < 60)).any()
+        pixels = np.asarray(PILImage.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB")).astype(int)
+        height, width, _ = pixels.shape
+        column = width // N_STEPS  # one column group per rollout step (no extra step recorded)
+        assert column >= 2 and width == column * N_STEPS
+        band = height - n * row_height
+        assert band >= 3
+        masks = calls.layer_masks(layer)[2 * N_STEPS :, 1]
+        for t in range(N_STEPS):
+            x = t * column + column // 2
+            assert np.array_equal(pixels[0, x], RED) == starts[t], f"step {t}"
+            for module in range(n):
+                bright = pixels[band + module * row_height + row_height // 2, x].sum() > 400
+                assert bright == masks[t, module], f"layer {layer}, step {t}, module {module}"
 
 
 def test_callback_custom_scalars_layout_has_one_chart_per_layer(trained_logdir):
@@ -220,26 +307,46 @@ def test_callback_on_pong_with_the_cnn_policy(tmp_path):
     env.close()
 
 
+def _served_port(server: subprocess.Popen, lines: queue.Queue, deadline: float) -> int:
+    """The port a ``tensorboard --port 0`` server bound, read from its "TensorBoard ... at
+    http://host:PORT/" line on stderr (``lines``; the OS picks a free port: nothing to race for)."""
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            assert server.poll() is None, "tensorboard exited:\n" + "".join(seen)
+            continue
+        seen.append(line)
+        match = re.search(r"TensorBoard \S+ at http://[^:/]+:(\d+)/", line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError("tensorboard did not say which port it serves on in time:\n" + "".join(seen))
+
+
 def test_tensorboard_server_serves_the_tags(trained_logdir):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(trained_logdir.parent),
-         "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "1"],
+         "--port", "0", "--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
 
     def fetch(route: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as response:
             return json.loads(response.read())
 
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in server.stderr], daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
+        # Generous: on a loaded 2-core machine tensorboard alone takes a minute to start.
+        deadline = time.monotonic() + 240
+        port = _served_port(server, lines, deadline)
         scalars = images = {}
         while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read().decode()
+            assert server.poll() is None, "tensorboard exited"
             try:
                 scalars = fetch("/data/plugin/scalars/tags")
                 images = fetch("/data/plugin/images/tags")
@@ -249,7 +356,7 @@ def test_tensorboard_server_serves_the_tags(trained_logdir):
                 break
             time.sleep(0.5)
         run = trained_logdir.name
-        assert run in scalars, f"tensorboard served no scalars for run {run!r} within 60 s: {scalars}"
+        assert run in scalars, f"tensorboard served no scalars for run {run!r} in time: {scalars}"
         for layer, n in enumerate(NUM_MODULES):
             for i in range(n):
                 assert f"brims/layer{layer}/module{i}/active_frac" in scalars[run]
@@ -265,6 +372,7 @@ def test_tensorboard_server_serves_the_tags(trained_logdir):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        reader.join(timeout=10)
         server.stderr.close()
 
 
@@ -339,14 +447,16 @@ def analysis(tmp_path_factory):
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env)
     eval_env = envs.make_env(CUE, n_envs=N_ENVS, seed=1)
+    calls = CoreCalls(model.policy.lstm_actor)
     path = run_analysis(model, eval_env, n_episodes=5, out_dir=out_dir)
+    calls.handle.remove()
     env.close()
     eval_env.close()
-    return out_dir, path
+    return out_dir, path, calls
 
 
 def test_run_analysis_npz_is_aligned_on_the_step_axis(analysis):
-    out_dir, path = analysis
+    out_dir, path, _ = analysis
     assert path == out_dir / "analysis.npz"
     assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("events.")) == ["analysis.npz"]
     data = np.load(path)
@@ -374,7 +484,7 @@ def test_run_analysis_npz_is_aligned_on_the_step_axis(analysis):
 
 def test_run_analysis_is_reproducible(analysis, tmp_path):
     # Deterministic play of the same weights on the same env seed gives the same trace.
-    _, path = analysis
+    _, path, _ = analysis
     data = np.load(path)
     env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
     model = tiny_ppo(env)
@@ -386,8 +496,33 @@ def test_run_analysis_is_reproducible(analysis, tmp_path):
     eval_env.close()
 
 
+def test_run_analysis_matches_the_policys_own_acting_calls(analysis):
+    """Every npz row is the acting call of that step: the same masks and the same resets as
+    the core itself saw; the per-step switch rate is recomputed from them."""
+    out_dir, path, calls = analysis
+    data = np.load(path)
+    steps = data["actions"].shape[0]
+    assert len(calls.masks) == steps
+    starts = calls.episode_starts()
+    assert starts[1:].any()
+    assert np.array_equal(data["episode_start"], starts)
+    events = load_events(out_dir)
+    for layer in range(len(NUM_MODULES)):
+        masks = calls.layer_masks(layer)
+        assert np.array_equal(data[f"layer{layer}_masks"], masks)
+        switch = scalar_values(events, f"brims/layer{layer}/switch_rate")
+        for t in range(1, steps):
+            comparable = ~starts[t]
+            if comparable.any():
+                changed = (masks[t] != masks[t - 1]).any(-1)
+                assert switch[t] == pytest.approx(changed[comparable].mean(), abs=1e-6), t
+            else:
+                assert t not in switch
+        assert 0 not in switch
+
+
 def test_run_analysis_tensorboard_traces(analysis):
-    out_dir, path = analysis
+    out_dir, path, _ = analysis
     data = np.load(path)
     steps = data["actions"].shape[0]
     events = load_events(out_dir)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,19 @@ def scalars(event_file: Path, tag: str) -> dict[int, float]:
     accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+@contextmanager
+def one_torch_thread():
+    """In-process play with the thread count the CLI runs use (``--threads 1``): same floats."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -121,25 +135,88 @@ def test_resume_continues_steps_schedules_and_tensorboard(run_dir: Path, tmp_pat
         assert evaluations["timesteps"].tolist() == [128, 256, 256]
 
 
+def monitor_rows(run: Path) -> list[str]:
+    """The complete data rows of a run's monitor.csv (one per finished game); [] until its
+    two header lines are there (a training run may be writing it right now)."""
+    path = run / "monitor.csv"
+    lines = path.read_text().split("\n") if path.is_file() else []
+    if len(lines) < 3:
+        return []
+    assert lines[0].startswith("#") and lines[1] == "r,l,t", lines[:2]
+    return [line for line in lines[2:-1]]  # the text after the last newline is a row being written
+
+
+def test_resume_appends_monitor_and_keeps_a_better_best_model(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    # An earlier evaluation that no new one can beat (21 is Pong's top score): best_model.zip must stay.
+    with np.load(run / "evaluations.npz") as evaluations:
+        history = {key: evaluations[key] for key in evaluations.files}
+    history["results"] = np.full_like(history["results"], 21.0)
+    np.savez(run / "evaluations.npz", **history)
+    best = (run / "best_model.zip").read_bytes()
+    rows = monitor_rows(run)
+    assert len(rows) == 2
+    # 256 more steps: each of the 2 envs plays one more 100-step game; evaluations at 384 and 512.
+    ok(cli("train", "--resume", str(run), "--timesteps", "512", "--no-progress-bar", *THREADS))
+    new_rows = monitor_rows(run)  # also checks the header is still the file's first two lines, once
+    assert new_rows[:2] == rows and len(new_rows) == 4
+    assert [row.split(",")[1] for row in new_rows[2:]] == ["100", "100"]
+    # One time origin for the whole run: the new games end after the old ones.
+    assert min(float(row.split(",")[2]) for row in new_rows[2:]) > max(float(row.split(",")[2]) for row in rows)
+    assert "r,l,t" not in "\n".join(new_rows)
+    with np.load(run / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [128, 256, 384, 512]
+        assert evaluations["results"][:2].tolist() == [[21.0], [21.0]]
+        assert (evaluations["results"][2:] < 21).all()
+    assert (run / "best_model.zip").read_bytes() == best
+
+
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_at_the_interrupt_and_exits_130(tmp_path: Path) -> None:
+    from agents.train import saved_num_timesteps
+
+    run = tmp_path / "stop"
+    # No periodic checkpoint can be written (checkpoint_freq is past the budget) and no
+    # evaluation slows the run down: the only checkpoint can come from the interrupt.
     process = subprocess.Popen(
         [sys.executable, "-m", "brims_rl.cli", "train", "--env", "pong", "--run-dir", str(tmp_path), "--name", "stop",
-         *TINY, "--timesteps", "1000000", *THREADS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *TINY, "--timesteps", "1000000", "--set", "checkpoint_freq=100000000", "--set", "eval_freq=0", *THREADS],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python
+        # keeps an ignored SIGINT ignored: give the run the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    tb = tmp_path / "stop" / "tb" / "run_1"
-    deadline = time.time() + 120
-    while not (tb.is_dir() and any(tb.iterdir())) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    time.sleep(2.0)  # inside model.learn now
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        # Wait on the run's own progress: both envs have finished a game (100 agent steps
+        # each), so learn() is running and at least 200 steps are done.
+        deadline = time.monotonic() + 240
+        while len(monitor_rows(run)) < 2:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "no game finished within 240 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:  # the test failed before the run ended: do not leave it training
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    assert f"resume with: brims-rl train --resume {tmp_path / 'stop'}" in err
-    checkpoints = list((tmp_path / "stop" / "checkpoints").glob("model_*_steps.zip"))
-    assert checkpoints and not (tmp_path / "stop" / "model.zip").exists()
+    assert f"resume with: brims-rl train --resume {run}" in err
+    interrupted = re.search(r"Interrupted at (\d+) steps; checkpoint saved to (\S+)", err)
+    assert interrupted, err
+    steps = int(interrupted.group(1))
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert [path.name for path in checkpoints] == [f"model_{steps}_steps.zip"]
+    assert Path(interrupted.group(2)) == checkpoints[0]
+    assert saved_num_timesteps(checkpoints[0]) == steps
+    assert not (run / "model.zip").exists() and not list(run.rglob(".*tmp*"))
+    # The checkpoint holds the moment of the interrupt: every env finishes a game each 100 of
+    # its steps, so the games in monitor.csv pin the step count down to one game's length.
+    games = len(monitor_rows(run))
+    assert steps % 2 == 0 and steps >= 200
+    assert 2 * (steps // 200) <= games <= 2 * ((steps + 2) // 200), (steps, games)
 
 
 @pytest.mark.slow
@@ -153,23 +230,105 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
 def test_other_algorithms_and_policies_train_and_evaluate(algo, policy, env, extra, tmp_path: Path) -> None:
     ok(cli("train", "--algo", algo, "--policy", policy, "--env", env, "--run-dir", str(tmp_path), "--name", "r",
            "--n-envs", "2", "--timesteps", "64", "--set", "eval_freq=0", "--no-progress-bar", *extra, *THREADS))
-    config = TrainConfig.load(tmp_path / "r" / "config.yaml")
+    from agents.train import saved_num_timesteps
+    from brims_rl import load
+
+    run = tmp_path / "r"
+    config = TrainConfig.load(run / "config.yaml")
+    assert (config.algo, config.policy) == (algo, policy)
     if policy == "cnn":
         assert config.hyperparams["frame_stack"] == 4
-    out = ok(cli("eval", str(tmp_path / "r"), "--episodes", "1", "--max-steps", "400", *THREADS))
-    assert re.search(r"mean score: -?[\d.]+ \+/- [\d.]+ over 1 episodes", out)
+    # learn() stops at the first whole rollout (2 envs x n_steps) reaching 64 steps.
+    rollout = 2 * {"a2c": 5, "ppo": 32}[algo]
+    assert saved_num_timesteps(run / "model.zip") == -(-64 // rollout) * rollout
+    model = load(run / "model.zip", device="cpu")
+    expected = {"a2c": ("RecurrentA2C", "MlpBrimsPolicy"), "ppo": ("PPO", "ActorCriticCnnPolicy")}[algo]
+    assert (type(model).__name__, type(model.policy).__name__) == expected
+    assert model.n_envs == 2 and model.observation_space.shape == ((4, 84, 84) if policy == "cnn" else (3,))
+    out = ok(cli("eval", str(run), "--episodes", "1", "--max-steps", "400", *THREADS))
+    assert f"Model {run / 'model.zip'} on " in out
+    (score,) = re.findall(r"episode 1: score (-?[\d.]+), length \d+", out)
+    assert re.search(rf"mean score: {float(score):.2f} \+/- 0.00 over 1 episodes", out)
 
 
 # --------------------------------------------------------------------------- eval / analyze / record
 
 
 def test_eval_prints_raw_scores_with_robustness(run_dir: Path) -> None:
+    from agents.evaluate import evaluate
+
     out = ok(cli("eval", str(run_dir), "--episodes", "2", "--n-envs", "2", "--noise", "10", "--flicker", "0.3", *THREADS))
     episodes = re.findall(r"episode \d+: score (-?\d+), length (\d+)", out)
     assert len(episodes) == 2 and all(length == "100" for _, length in episodes)
     mean, std, n = re.search(r"mean score: (-?[\d.]+) \+/- ([\d.]+) over (\d+) episodes", out).groups()
     scores = [float(score) for score, _ in episodes]
     assert float(mean) == pytest.approx(np.mean(scores), abs=0.01) and int(n) == 2
+    # The CLI prints what the library computes for the same settings.
+    with one_torch_thread():
+        result = evaluate(run_dir, n_episodes=2, n_envs=2, device="cpu", noise=10, flicker=0.3)
+    assert scores == result.stats.returns and result.stats.lengths == [100, 100]
+
+
+def _wrapper_chain(env) -> dict[type, object]:
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    chain = {}
+    while isinstance(env, VecEnvWrapper):
+        chain[type(env)] = env
+        env = env.venv
+    return chain
+
+
+@pytest.mark.parametrize("command", ["eval", "analyze"])
+def test_robustness_options_reach_the_env_the_model_plays(command, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """--noise / --flicker / --occlusion really wrap the env the command plays on (the real
+    ``envs.make_env`` builds it; the test only keeps a reference to what it returned)."""
+    import envs
+    from brims_rl.cli import main
+    from envs.robustness import Flicker, GaussianNoise, Occlusion
+
+    built = []
+    make_env = envs.make_env
+
+    def keep(*args, **kwargs):
+        built.append(make_env(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(envs, "make_env", keep)
+    args = [command, str(run_dir), "--episodes", "1", "--max-steps", "100"]
+    args += ["--out", str(tmp_path / "analysis")] if command == "analyze" else []
+    assert main([*args, "--noise", "20", "--flicker", "0.25", "--occlusion", "12"]) == 0
+    (env,) = built
+    chain = _wrapper_chain(env)
+    assert chain[GaussianNoise].sigma == 20 and chain[Flicker].p == 0.25 and chain[Occlusion].size == 12
+    # And without the options the run's clean env is played.
+    built.clear()
+    assert main(args) == 0
+    (env,) = built
+    assert not {GaussianNoise, Flicker, Occlusion} & set(_wrapper_chain(env))
+
+
+def test_eval_best_and_stochastic(run_dir: Path, tmp_path: Path) -> None:
+    import envs
+    from agents import RecurrentPPO
+    from agents.evaluate import evaluate
+
+    out = ok(cli("eval", str(run_dir), "--best", "--episodes", "1", "--max-steps", "100", *THREADS))
+    assert f"Model {run_dir / 'best_model.zip'} on PongNoFrameskip-v4" in out
+    # An untrained policy on CartPole: greedy play repeats itself, sampling changes the game lengths.
+    env = envs.make_env("CartPole-v1", n_envs=1, seed=0)
+    RecurrentPPO("MlpBrimsPolicy", env, n_steps=16, batch_size=16, seed=0,
+                 policy_kwargs=dict(hidden_size=24, num_modules=4, top_k=2)).save(tmp_path / "cartpole.zip")
+    env.close()
+    with one_torch_thread():
+        greedy = evaluate(tmp_path / "cartpole.zip", "CartPole-v1", n_episodes=8, device="cpu").stats.lengths
+    lengths = {}
+    for mode in ("--deterministic", "--stochastic"):
+        out = ok(cli("eval", str(tmp_path / "cartpole.zip"), "--env", "CartPole-v1", "--episodes", "8", mode, *THREADS))
+        lengths[mode] = [int(n) for n in re.findall(r"episode \d+: score [\d.]+, length (\d+)", out)]
+        assert len(lengths[mode]) == 8
+    assert lengths["--deterministic"] == greedy
+    assert lengths["--stochastic"] != greedy
 
 
 def test_analyze_writes_npz_and_tensorboard(run_dir: Path, tmp_path: Path) -> None:
@@ -223,8 +382,13 @@ def test_record_gif_and_refuse_other_formats(run_dir: Path, tmp_path: Path) -> N
 
 
 def test_list_envs() -> None:
+    import envs
+
     out = ok(cli("list-envs"))
-    assert "pong" in out and "breakout" in out and "BrimsRL/CueMemory-v0" in out
+    listed = set(out.split())
+    games = envs.list_atari_games()
+    assert {"pong", "breakout"} <= set(games) and set(games) <= listed
+    assert {envs.CUE_MEMORY_ID, envs.MASKED_CARTPOLE_ID} <= listed
 
 
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:

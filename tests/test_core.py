@@ -261,3 +261,163 @@ def test_active_modules_are_those_attending_least_to_null():
         assert (most_null_active <= least_null_inactive).all()
         # Not vacuous: the null attention really differs between modules.
         assert (most_null_active < least_null_inactive).any()
+
+
+# --- One module's cell is a textbook LSTM / GRU cell ------------------------------------------
+
+
+def _randomize_cell(layer, generator: torch.Generator) -> None:
+    """Random cell weights, so the comparison does not depend on how they are initialised."""
+    with torch.no_grad():
+        for name in ("cell_weight", "cell_hidden_weight", "cell_bias"):
+            parameter = getattr(layer, name)
+            if parameter is not None:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * 0.5)
+
+
+def _reference_cell(layer, module: int) -> torch.nn.Module:
+    """``nn.LSTMCell`` / ``nn.GRUCell`` holding module ``module``'s weights (torch's gate order:
+    LSTM i, f, g, o; GRU r, z, n). BRIMs adds its one bias to the input side only."""
+    d = layer.block_size
+    weight = layer.cell_weight[module].detach()
+    if layer.cell == "lstm":
+        inputs = weight.shape[0] - d
+        reference = torch.nn.LSTMCell(inputs, d).double()
+        w_input, w_hidden = weight[:inputs], weight[inputs:]
+    else:
+        inputs = weight.shape[0]
+        reference = torch.nn.GRUCell(inputs, d).double()
+        w_input, w_hidden = weight, layer.cell_hidden_weight[module].detach()
+    with torch.no_grad():
+        reference.weight_ih.copy_(w_input.T)
+        reference.weight_hh.copy_(w_hidden.T)
+        reference.bias_ih.copy_(layer.cell_bias[module].detach())
+        reference.bias_hh.zero_()
+    return reference
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_module_cell_equals_torch_cell_with_its_weights(cell):
+    core = make_core(cell=cell, num_layers=1, num_modules=4, top_k=2).double()
+    layer = core.layers[0]
+    generator = torch.Generator().manual_seed(3)
+    _randomize_cell(layer, generator)
+    batch, d = 5, layer.block_size
+    inputs = layer.input_heads * layer.input_value_size
+    cell_input = torch.randn(batch, 4, inputs, generator=generator, dtype=torch.float64)
+    h = torch.randn(batch, 4, d, generator=generator, dtype=torch.float64)
+    c = torch.randn(batch, 4, d, generator=generator, dtype=torch.float64)
+    h_new, c_new = layer._cell(cell_input, h, c)
+    for module in range(4):
+        reference = _reference_cell(layer, module)
+        if cell == "lstm":
+            h_ref, c_ref = reference(cell_input[:, module], (h[:, module], c[:, module]))
+            torch.testing.assert_close(c_new[:, module], c_ref, rtol=0, atol=1e-12)
+        else:
+            h_ref = reference(cell_input[:, module], h[:, module])
+            assert torch.equal(c_new, c)
+        torch.testing.assert_close(h_new[:, module], h_ref, rtol=0, atol=1e-12)
+
+
+# --- communication=False ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("communication", [True, False])
+def test_without_communication_modules_do_not_read_each_other(communication):
+    """All modules active (top_k = N) so the selection cannot change: changing one module's
+    previous state changes only that module's new state exactly when communication is off."""
+    core = make_core(num_layers=1, num_modules=4, top_k=4, communication=communication).double()
+    assert any(name.startswith("layers.0.comm_") for name in core.state_dict()) == communication
+    x = torch.randn(1, 2, INPUT, dtype=torch.float64)
+    h, c = (torch.randn(1, 2, HIDDEN, dtype=torch.float64) for _ in range(2))
+    h_other = h.clone()
+    h_other[0, :, :6] += 1.0  # module 0's block (4 modules of 6 units)
+    out, _ = core(x, (h, c))
+    out_other, _ = core(x, (h_other, c))
+    changed = [(out[0, :, m * 6 : (m + 1) * 6] - out_other[0, :, m * 6 : (m + 1) * 6]).abs().max().item() > 0
+               for m in range(4)]
+    assert changed == [True, communication, communication, communication]
+
+
+# --- One layer step equals a plain, loop-by-loop rendering of the README's five steps ---------
+
+
+def _reference_layer_step(layer, h, c, x, top_down):
+    """Input attention, top-k selection, the module's own cell, communication and the sparse
+    update, written per env, module and head with explicit indexing (float64)."""
+    heads, dk, dv = layer.input_heads, layer.input_key_size, layer.input_value_size
+    batch, n, d = h.shape
+    slot_inputs = [(x, layer.bottom_up_kv.weight)]
+    if layer.top_down_kv is not None:
+        slot_inputs.append((top_down, layer.top_down_kv.weight))
+    width = dk + dv
+    h_out, c_out = h.clone(), c.clone()
+    masks = torch.zeros(batch, n, dtype=torch.bool)
+    slot_attention = torch.zeros(batch, n, 1 + len(slot_inputs), dtype=h.dtype)
+    for b in range(batch):
+        kvs = [inp[b] @ weight.T for inp, weight in slot_inputs]
+        keys = [[kv[i * width : i * width + dk] for i in range(heads)] for kv in kvs]
+        values = [[kv[i * width + dk : (i + 1) * width] for i in range(heads)] for kv in kvs]
+        attention = torch.zeros(n, heads, 1 + len(kvs), dtype=h.dtype)
+        for m in range(n):
+            query = h[b, m] @ layer.query[m]
+            for i in range(heads):
+                q = query[i * dk : (i + 1) * dk]
+                logits = torch.stack([torch.zeros((), dtype=h.dtype)] + [q @ k[i] / dk**0.5 for k in keys])
+                attention[m, i] = torch.softmax(logits, 0)
+        slot_attention[b] = attention.mean(1)
+        null = attention[:, :, 0].mean(1)
+        active = sorted(range(n), key=lambda m: null[m].item())[: layer.top_k]
+        masks[b, active] = True
+        new_h, new_c = torch.zeros(n, d, dtype=h.dtype), torch.zeros(n, d, dtype=h.dtype)
+        for m in range(n):
+            u = torch.cat([sum(attention[m, i, 1 + s] * values[s][i] for s in range(len(kvs))) for i in range(heads)])
+            cell = _reference_cell(layer, m)
+            if layer.cell == "lstm":
+                new_h[m], new_c[m] = cell(u[None], (h[b, m][None], c[b, m][None]))
+            else:
+                new_h[m], new_c[m] = cell(u[None], h[b, m][None]), c[b, m]
+        if layer.communication:
+            ch, ck, cv = layer.comm_heads, layer.comm_key_size, layer.comm_value_size
+            qkv = [new_h[m] @ layer.comm_qkv[m] for m in range(n)]
+            part = lambda m, i, lo, hi: qkv[m][i * (2 * ck + cv) + lo : i * (2 * ck + cv) + hi]  # noqa: E731
+            communicated = new_h.clone()
+            for m in range(n):
+                out = []
+                for i in range(ch):
+                    scores = torch.stack([part(m, i, 0, ck) @ part(j, i, ck, 2 * ck) / ck**0.5 for j in range(n)])
+                    weights = torch.softmax(scores, 0)
+                    out.append(sum(weights[j] * part(j, i, 2 * ck, 2 * ck + cv) for j in range(n)))
+                gate, candidate = (torch.cat(out) @ layer.comm_gate_candidate[m]).split(d)
+                communicated[m] = new_h[m] + torch.sigmoid(gate) * torch.tanh(candidate)
+            new_h = communicated
+        for m in active:
+            h_out[b, m] = new_h[m]
+            c_out[b, m] = new_c[m]
+    return h_out, c_out, masks, slot_attention
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("top_down, communication", [(True, True), (False, True), (True, False)])
+def test_layer_step_equals_a_reference_implementation(cell, top_down, communication):
+    from brims_rl.layer import BrimsLayer
+
+    torch.manual_seed(5)
+    layer = BrimsLayer(
+        bottom_up_size=INPUT, top_down_size=HIDDEN if top_down else None, hidden_size=HIDDEN, num_modules=4,
+        top_k=2, cell=cell, input_heads=2, input_key_size=5, input_value_size=3, comm_heads=2, comm_key_size=4,
+        comm_value_size=3, communication=communication,
+    ).double()
+    _randomize_cell(layer, torch.Generator().manual_seed(6))
+    batch = 3
+    h, c = (torch.randn(batch, 4, 6, dtype=torch.float64) for _ in range(2))
+    x = torch.randn(batch, INPUT, dtype=torch.float64)
+    above = torch.randn(batch, HIDDEN, dtype=torch.float64) if top_down else None
+    with torch.no_grad():
+        step = layer(h, c, layer.bottom_up_kv(x), above, need_attention=True)
+        h_ref, c_ref, mask_ref, attention_ref = _reference_layer_step(layer, h, c, x, above)
+    assert torch.equal(step.mask, mask_ref)
+    torch.testing.assert_close(step.slot_attention, attention_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(step.h, h_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(step.c, c_ref, rtol=0, atol=1e-12)
+    assert not torch.equal(step.h, h)  # not vacuous: the active modules moved

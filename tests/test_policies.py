@@ -17,11 +17,12 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
-from stable_baselines3.common.vec_env import VecFrameStack
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecFrameStack
 
 import brims_rl
 from agents import RecurrentA2C, RecurrentPPO, SequenceRolloutBuffer
-from brims_rl import BRIMs, BrimsExtractor, CnnBrimsPolicy, MlpBrimsPolicy
+from brims_rl import BRIMs, BrimsExtractor, CnnBrimsPolicy, MlpBrimsPolicy, MultiInputBrimsPolicy
+from brims_rl.policies import CRITIC_CORES
 
 TINY_BRIMS = dict(hidden_size=24, num_layers=2, num_modules=[4, 3], top_k=[2, 1])
 
@@ -66,6 +67,7 @@ def test_policy_by_name_and_options(cartpole_env):
         cartpole_env,
         n_steps=16,
         batch_size=32,
+        seed=0,
         policy_kwargs=dict(TINY_BRIMS, cell="gru", top_down="last_to_first", core_kwargs=dict(input_heads=3)),
     )
     core = model.policy.lstm_actor
@@ -99,7 +101,8 @@ def value_loss_gradient(policy, obs: torch.Tensor) -> dict[str, bool]:
 )
 def test_critic_core_modes(cartpole_env, critic_core, expected):
     model = RecurrentPPO(
-        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=dict(TINY_BRIMS, critic_core=critic_core)
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, seed=0,
+        policy_kwargs=dict(TINY_BRIMS, critic_core=critic_core),
     )
     policy = model.policy
     assert isinstance(policy.lstm_critic, BRIMs) == (critic_core == "separate")
@@ -139,15 +142,28 @@ def test_training_calls_the_core_once_per_minibatch(cartpole_env, sequence_lengt
     """Episode starts inside a minibatch go into the core: no per-step Python fallback."""
     model = RecurrentPPO(
         "MlpBrimsPolicy", cartpole_env, n_steps=32, batch_size=32, n_epochs=2,
-        sequence_length=sequence_length, policy_kwargs=TINY_BRIMS,
+        sequence_length=sequence_length, policy_kwargs=TINY_BRIMS, seed=0,
     )
-    model.learn(128)  # one rollout; CartPole episodes end inside it
-    assert model.rollout_buffer.episode_starts.any()
+    model.learn(128)  # a rollout and an update, so the rollout below starts mid-episode
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    # CartPole episodes end inside the rollout: starts past its first step (row 0 may be all ones).
+    assert model.rollout_buffer.episode_starts[1:].any()
     calls = count_core_calls(model.policy.lstm_actor)
     minibatches = sum(1 for _ in model.rollout_buffer.get(32))
+    starts_seen = []
+    model.policy.lstm_actor.register_forward_hook(
+        lambda module, args, kwargs, out: starts_seen.append(kwargs.get("episode_starts")), with_kwargs=True
+    )
     calls[0] = 0
     model.train()
     assert calls[0] == 2 * minibatches
+    # ... and the core itself gets them: inside its sequences with our chunks (sb3-contrib's
+    # buffer cuts its sequences at episode starts, so there they sit on a sequence's first step).
+    assert all(starts is not None for starts in starts_seen)
+    inside = slice(1, None) if sequence_length else slice(None)
+    assert any(starts[inside].any() for starts in starts_seen)
 
 
 @pytest.mark.parametrize("policy", ["MlpBrimsPolicy", "MlpLstmPolicy"])
@@ -161,7 +177,7 @@ def test_chunks_reproduce_rollout_log_probs(cartpole_env, policy):
     callback.init_callback(model)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     buffer = model.rollout_buffer
-    assert buffer.episode_starts.any()
+    assert buffer.episode_starts[1:].any()  # a real start inside the rollout, not just row 0
     model.policy.set_training_mode(False)
     seen = 0
     with torch.no_grad():
@@ -200,6 +216,31 @@ def test_sequence_buffer_chunks_are_consecutive_steps_of_one_env():
     assert sorted(torch.cat(codes).tolist()) == sorted(100.0 * e + s for e in range(n_envs) for s in range(n_steps))
     with pytest.raises(ValueError, match=r"batch_size=6.*multiple of sequence_length=4"):
         next(buffer.get(6))
+
+
+def test_sequence_buffer_defaults_are_sb3_contribs():
+    """Built with only its required arguments, the buffer computes the same returns and
+    advantages as sb3-contrib's RecurrentRolloutBuffer with its own defaults, on the CPU here."""
+    from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+
+    n_steps, n_envs, shape = 32, 1, (32, 1, 1, 4)
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
+    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
+    assert ours.device == theirs.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert (ours.n_envs, ours.sequence_length, ours.num_chunks) == (1, 16, 2)  # the documented default chunk
+    rng = np.random.default_rng(0)
+    zeros = torch.zeros(1, n_envs, 4)
+    for step in range(n_steps):
+        row = [rng.standard_normal((n_envs, 1)), np.zeros((n_envs, 1)), rng.standard_normal(n_envs),
+               (rng.random(n_envs) < 0.2).astype(np.float32), torch.randn(n_envs), torch.zeros(n_envs)]
+        for buffer in (ours, theirs):
+            buffer.add(*row, lstm_states=RNNStates((zeros, zeros), (zeros, zeros)))
+    last_values, dones = torch.randn(n_envs), np.array([1.0])
+    for buffer in (ours, theirs):
+        buffer.compute_returns_and_advantage(last_values, dones)
+    np.testing.assert_array_equal(ours.returns, theirs.returns)
+    np.testing.assert_array_equal(ours.advantages, theirs.advantages)
 
 
 SAVED_PREDICT = textwrap.dedent(
@@ -281,14 +322,14 @@ def test_recurrent_a2c_with_lstm_learns_something(cartpole_env):
 
 
 def test_brims_load_knows_our_algorithms_and_rejects_others(tmp_path, cartpole_env):
-    model = RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=TINY_BRIMS)
+    model = RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=TINY_BRIMS, seed=0)
     model.save(tmp_path / "ppo.zip")
     assert type(brims_rl.load(tmp_path / "ppo.zip")) is RecurrentPPO
-    plain = sb3_contrib.RecurrentPPO("MlpLstmPolicy", cartpole_env, n_steps=16, batch_size=32)
+    plain = sb3_contrib.RecurrentPPO("MlpLstmPolicy", cartpole_env, n_steps=16, batch_size=32, seed=0)
     plain.save(tmp_path / "contrib.zip")
     assert isinstance(brims_rl.load(tmp_path / "contrib.zip"), sb3_contrib.RecurrentPPO)
 
-    PPO("MlpPolicy", cartpole_env, n_steps=16).save(tmp_path / "foreign.zip")
+    PPO("MlpPolicy", cartpole_env, n_steps=16, seed=0).save(tmp_path / "foreign.zip")
     (tmp_path / "notes.txt").write_text("not a model")
     with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
         archive.writestr("readme", "hello")
@@ -303,7 +344,9 @@ def test_brims_load_knows_our_algorithms_and_rejects_others(tmp_path, cartpole_e
 
 
 def test_lstm_baseline_through_our_ppo(pong_env):
-    model = RecurrentPPO("CnnLstmPolicy", pong_env, n_steps=16, batch_size=32, policy_kwargs=dict(lstm_hidden_size=32))
+    model = RecurrentPPO(
+        "CnnLstmPolicy", pong_env, n_steps=16, batch_size=32, policy_kwargs=dict(lstm_hidden_size=32), seed=0
+    )
     before = core_snapshot(model.policy.lstm_actor)
     model.learn(32)
     assert any(not torch.equal(before[k], v) for k, v in model.policy.lstm_actor.state_dict().items())
@@ -318,6 +361,7 @@ def test_brims_extractor_with_plain_sb3(pong_env, algorithm):
             features_extractor_class=BrimsExtractor,
             features_extractor_kwargs=dict(hidden_size=24, frame_features=32, core_kwargs=dict(num_modules=4, top_k=2)),
         ),
+        seed=0,
         **kwargs,
     )
     extractor = model.policy.features_extractor
@@ -335,3 +379,251 @@ def test_brims_extractor_rejects_bad_input():
         BrimsExtractor(gym.spaces.Box(0, 1, (8,), np.float32))
     with pytest.raises(ValueError, match=r"core_kwargs 'hidden_size'.*own argument"):
         BrimsExtractor(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), core_kwargs=dict(hidden_size=10))
+
+
+# --- The policy's core: the optimizer holds it, the episode starts reach it -------------------
+
+VECTOR_SPACE = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+IMAGE_SPACE = gym.spaces.Box(0, 255, (1, 36, 36), np.uint8)  # the smallest frame NatureCNN takes
+POLICY_SPACES = {
+    MlpBrimsPolicy: VECTOR_SPACE,
+    CnnBrimsPolicy: IMAGE_SPACE,
+    MultiInputBrimsPolicy: gym.spaces.Dict({"frame": IMAGE_SPACE, "vector": VECTOR_SPACE}),
+}
+
+
+def make_policy(policy_class, critic_core: str = "shared", **kwargs):
+    torch.manual_seed(0)
+    return policy_class(
+        POLICY_SPACES[policy_class], gym.spaces.Discrete(3), lambda _: 1e-3,
+        **dict(TINY_BRIMS, critic_core=critic_core, **kwargs),
+    )
+
+
+@pytest.mark.parametrize("critic_core", CRITIC_CORES)
+@pytest.mark.parametrize("policy_class", list(POLICY_SPACES))
+def test_optimizer_holds_exactly_the_policy_parameters(policy_class, critic_core):
+    policy = make_policy(policy_class, critic_core)
+    optimised = [id(p) for group in policy.optimizer.param_groups for p in group["params"]]
+    assert len(optimised) == len(set(optimised))
+    assert set(optimised) == {id(p) for p in policy.parameters()}
+    cores = [policy.lstm_actor] + ([policy.lstm_critic] if critic_core == "separate" else [])
+    for core in cores:
+        assert isinstance(core, BRIMs)
+        assert {id(p) for p in core.parameters()} <= set(optimised)
+
+
+def _zero_states(core: BRIMs, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    zeros = torch.zeros(core.num_layers, batch, core.hidden_size)
+    return zeros, zeros
+
+
+def _random_states(core: BRIMs, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (core.num_layers, batch, core.hidden_size)
+    return torch.randn(shape), torch.randn(shape)
+
+
+@pytest.mark.parametrize("critic_core", CRITIC_CORES)
+def test_episode_start_inside_a_sequence_resets_the_core(critic_core):
+    """evaluate_actions over one sequence with an episode start at step 3 equals the two
+    episodes evaluated apart (the second from a zero state)."""
+    policy = make_policy(MlpBrimsPolicy, critic_core)
+    policy.set_training_mode(False)
+    steps, cut = 7, 3
+    obs = torch.rand(steps, 3) * 2 - 1
+    actions = torch.randint(0, 3, (steps,))
+    critic = policy.lstm_critic if critic_core == "separate" else policy.lstm_actor
+    states = RNNStates(_random_states(policy.lstm_actor), _random_states(critic))
+    starts = torch.zeros(steps)
+    starts[cut] = 1.0
+    fresh = RNNStates(_zero_states(policy.lstm_actor), _zero_states(critic))
+    with torch.no_grad():
+        whole = policy.evaluate_actions(obs, actions, states, starts)
+        first = policy.evaluate_actions(obs[:cut], actions[:cut], states, torch.zeros(cut))
+        second = policy.evaluate_actions(obs[cut:], actions[cut:], fresh, torch.zeros(steps - cut))
+        carried = policy.evaluate_actions(obs, actions, states, torch.zeros(steps))
+    for got, part1, part2, no_reset in zip(whole, first, second, carried):
+        torch.testing.assert_close(got, torch.cat([part1, part2]), rtol=0, atol=1e-5)
+    # Not vacuous: without the start the carried state gives other log-probabilities.
+    assert not torch.allclose(whole[1][cut:], carried[1][cut:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("critic_core", CRITIC_CORES)
+def test_acting_step_with_episode_start_forgets_the_state(critic_core):
+    """forward() (the rollout's acting call) with episode_start=1 acts as from a zero state."""
+    policy = make_policy(MlpBrimsPolicy, critic_core)
+    critic = policy.lstm_critic if critic_core == "separate" else policy.lstm_actor
+    obs = torch.rand(2, 3)
+    states = RNNStates(_random_states(policy.lstm_actor, 2), _random_states(critic, 2))
+    fresh = RNNStates(_zero_states(policy.lstm_actor, 2), _zero_states(critic, 2))
+    with torch.no_grad():
+        _, values, log_prob, new_states = policy(obs, states, torch.tensor([1.0, 0.0]), deterministic=True)
+        _, values_fresh, log_prob_fresh, states_fresh = policy(obs, fresh, torch.zeros(2), deterministic=True)
+        _, values_kept, _, states_kept = policy(obs, states, torch.zeros(2), deterministic=True)
+    torch.testing.assert_close(values[0], values_fresh[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(new_states.pi[0][:, 0], states_fresh.pi[0][:, 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(new_states.pi[0][:, 1], states_kept.pi[0][:, 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(states_kept.pi[0][:, 0], states_fresh.pi[0][:, 0])
+
+
+# --- The separate critic core trains and is saved ---------------------------------------------
+
+
+def test_separate_critic_core_trains_and_survives_save_load(tmp_path, cartpole_env):
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, n_epochs=2, seed=0,
+        policy_kwargs=dict(TINY_BRIMS, critic_core="separate"),
+    )
+    critic = model.policy.lstm_critic
+    assert isinstance(critic, BRIMs) and critic is not model.policy.lstm_actor
+    before = core_snapshot(critic)
+    model.learn(64)
+    # The value loss trains the critic's own core: its cells changed (attention keys of a
+    # layer that no gradient reaches would not; cell weights always take part).
+    for layer in range(critic.num_layers):
+        assert not torch.equal(before[f"layers.{layer}.cell_weight"], critic.layers[layer].cell_weight)
+    model.save(tmp_path / "separate.zip")
+    loaded = brims_rl.load(tmp_path / "separate.zip", device="cpu")
+    assert loaded.policy.critic_core == "separate" and isinstance(loaded.policy.lstm_critic, BRIMs)
+    for name, value in critic.state_dict().items():
+        assert torch.equal(loaded.policy.lstm_critic.state_dict()[name], value), name
+    obs = torch.as_tensor(cartpole_env.reset(), dtype=torch.float32)
+    states = RNNStates(_random_states(critic, 4), _random_states(critic, 4))
+    starts, actions = torch.zeros(4), torch.zeros(4)
+    with torch.no_grad():
+        expected = model.policy.evaluate_actions(obs, actions, states, starts)[0]
+        got = loaded.policy.evaluate_actions(obs, actions, states, starts)[0]
+    assert torch.equal(got, expected)
+
+
+# --- MultiInputBrimsPolicy on dict observations ----------------------------------------------
+
+
+class SplitCue(gym.ObservationWrapper):
+    """CueMemory with its observation split in a dict: the cue channels and the query flag."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        n = env.observation_space.shape[0]
+        low, high = env.observation_space.low, env.observation_space.high
+        self.observation_space = gym.spaces.Dict(
+            {"cue": gym.spaces.Box(low[:-1], high[:-1], (n - 1,), np.float32),
+             "query": gym.spaces.Box(low[-1:], high[-1:], (1,), np.float32)}
+        )
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {"cue": observation[:-1], "query": observation[-1:]}
+
+
+def test_multi_input_policy_trains_and_round_trips(tmp_path):
+    from stable_baselines3.common.torch_layers import CombinedExtractor
+
+    import envs
+
+    env = make_vec_env(envs.CUE_MEMORY_ID, n_envs=2, seed=0, wrapper_class=SplitCue)
+    # Our sequence buffer takes array observations only; dict spaces use sb3-contrib's buffer.
+    with pytest.raises(ValueError, match="dict observation spaces are not supported"):
+        RecurrentPPO("MultiInputBrimsPolicy", env, n_steps=16, batch_size=32, policy_kwargs=TINY_BRIMS)
+    model = RecurrentPPO(
+        "MultiInputBrimsPolicy", env, n_steps=16, batch_size=32, sequence_length=None, seed=0, policy_kwargs=TINY_BRIMS
+    )
+    assert isinstance(model.policy, MultiInputBrimsPolicy)
+    assert isinstance(model.policy.features_extractor, CombinedExtractor)
+    assert model.policy.lstm_actor.input_size == model.policy.features_dim == 3
+    before = core_snapshot(model.policy.lstm_actor)
+    model.learn(64)
+    after = model.policy.lstm_actor.state_dict()
+    for layer in range(2):
+        assert not torch.equal(before[f"layers.{layer}.cell_weight"], after[f"layers.{layer}.cell_weight"])
+    observations = [env.reset()]
+    for _ in range(5):
+        observations.append(env.step(np.zeros(2, dtype=np.int64))[0])
+    starts = np.zeros((6, 2), dtype=bool)
+    starts[0] = True
+    expected = deterministic_actions(model, observations, starts)
+    model.save(tmp_path / "dict.zip")
+    loaded = brims_rl.load(tmp_path / "dict.zip", device="cpu")
+    assert isinstance(loaded.policy, MultiInputBrimsPolicy)
+    assert np.array_equal(deterministic_actions(loaded, observations, starts), expected)
+    env.close()
+
+
+# --- BrimsExtractor on float frames -------------------------------------------------------------
+
+
+class FloatFrames(VecEnvWrapper):
+    """uint8 frame stacks as float32 in [0, 1] (already normalised: SB3 must not divide again)."""
+
+    def __init__(self, venv) -> None:
+        space = venv.observation_space
+        super().__init__(venv, observation_space=gym.spaces.Box(0.0, 1.0, space.shape, np.float32))
+
+    def reset(self):
+        return self.venv.reset().astype(np.float32) / 255.0
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        return obs.astype(np.float32) / 255.0, rewards, dones, infos
+
+
+def test_brims_extractor_on_float_frames_trains_and_matches_uint8():
+    import envs
+
+    extractor_kwargs = dict(hidden_size=24, frame_features=32, core_kwargs=dict(num_modules=4, top_k=2))
+    policy_kwargs = dict(features_extractor_class=BrimsExtractor, features_extractor_kwargs=extractor_kwargs)
+    frames = envs.make_env("pong", n_envs=2, seed=0, frame_stack=4)  # (2, 4, 84, 84) uint8
+    floats = FloatFrames(envs.make_env("pong", n_envs=2, seed=0, frame_stack=4))
+    model = PPO("CnnPolicy", floats, n_steps=16, batch_size=32, n_epochs=1, seed=0, policy_kwargs=policy_kwargs)
+    extractor = model.policy.features_extractor
+    assert isinstance(extractor, BrimsExtractor) and extractor.stack == 4
+    before = core_snapshot(extractor.core)
+    model.learn(32)
+    assert any(not torch.equal(before[k], v) for k, v in extractor.core.state_dict().items())
+
+    # The same weights see the same picture whether frames come as uint8 or as floats in [0, 1].
+    reference = PPO("CnnPolicy", frames, n_steps=16, batch_size=32, seed=0, policy_kwargs=policy_kwargs)
+    reference.policy.features_extractor.load_state_dict(extractor.state_dict())
+    uint8_obs = frames.reset()
+    float_obs = floats.reset()
+    np.testing.assert_array_equal(float_obs, uint8_obs.astype(np.float32) / 255.0)
+    with torch.no_grad():
+        from_uint8 = reference.policy.extract_features(torch.as_tensor(uint8_obs))
+        from_float = model.policy.extract_features(torch.as_tensor(float_obs))
+    torch.testing.assert_close(from_float, from_uint8, rtol=0, atol=1e-6)
+    frames.close()
+    floats.close()
+
+
+# --- CUDA --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the CUDA-only branches "
+                    "(device='auto' picking CUDA, pinned-memory rollout transfers) were NOT run")
+def test_cuda_training_path(tmp_path, cartpole_env):
+    from brims_rl.utils import resolve_device
+
+    assert resolve_device("auto").type == "cuda"
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=32, batch_size=64, sequence_length=8, seed=1, device="auto",
+        policy_kwargs=TINY_BRIMS,
+    )
+    assert next(model.policy.lstm_actor.parameters()).device.type == "cuda"
+    model.learn(128)
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    model.policy.set_training_mode(False)
+    with torch.no_grad():
+        for batch in model.rollout_buffer.get(64):
+            assert batch.observations.device.type == "cuda" and batch.lstm_states.pi[0].device.type == "cuda"
+            _, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+            torch.testing.assert_close(log_prob, batch.old_log_prob, rtol=0, atol=1e-4)
+    observations = np.array([cartpole_env.reset()] * 3)
+    starts = np.array([[True] * 4, [False] * 4, [False] * 4])
+    expected = deterministic_actions(model, observations, starts)
+    model.save(tmp_path / "cuda.zip")
+    on_cpu = brims_rl.load(tmp_path / "cuda.zip", device="cpu")
+    assert next(on_cpu.policy.parameters()).device.type == "cpu"
+    assert np.array_equal(deterministic_actions(on_cpu, observations, starts), expected)
