@@ -16,7 +16,6 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_atari_env, make_vec_env
-from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecFrameStack
 
 import brims_rl
@@ -291,7 +290,7 @@ def test_save_then_plain_sb3_contrib_load_in_fresh_process(tmp_path, pong_env):
 
 def test_recurrent_a2c_one_step_per_rollout_and_roundtrip(tmp_path, cartpole_env):
     model = RecurrentA2C("MlpBrimsPolicy", cartpole_env, policy_kwargs=TINY_BRIMS, seed=0)
-    assert isinstance(model.policy.optimizer, RMSpropTFLike)
+    assert type(model.policy.optimizer) is torch.optim.RMSprop  # SB3 A2C's; see tests/test_a2c.py
     assert model.policy.optimizer.defaults["eps"] == 1e-5 and model.policy.optimizer.defaults["alpha"] == 0.99
     assert model.n_steps == 5 and model.rollout_buffer.sequence_length == 5
     # The user's optimizer_kwargs win over the RMSprop defaults.
@@ -312,13 +311,6 @@ def test_recurrent_a2c_one_step_per_rollout_and_roundtrip(tmp_path, cartpole_env
     assert np.array_equal(deterministic_actions(loaded, observations, starts), expected)
     with pytest.raises(ValueError, match=r"batch_size=32: .*does not apply"):
         RecurrentA2C("MlpBrimsPolicy", cartpole_env, batch_size=32)
-
-
-def test_recurrent_a2c_with_lstm_learns_something(cartpole_env):
-    model = RecurrentA2C("MlpLstmPolicy", cartpole_env, policy_kwargs=dict(lstm_hidden_size=16), seed=0)
-    before = core_snapshot(model.policy.lstm_actor)
-    model.learn(400)
-    assert any(not torch.equal(before[k], v) for k, v in model.policy.lstm_actor.state_dict().items())
 
 
 def test_brims_load_knows_our_algorithms_and_rejects_others(tmp_path, cartpole_env):
