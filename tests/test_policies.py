@@ -243,6 +243,21 @@ def test_sequence_buffer_defaults_are_sb3_contribs():
     np.testing.assert_array_equal(ours.advantages, theirs.advantages)
 
 
+@pytest.mark.parametrize("length, valid", [(1, True), (3, True), (12, True), (0, False), (5, False), (2.0, False)])
+def test_sequence_buffer_takes_lengths_dividing_the_rollout(length, valid):
+    def build():
+        return SequenceRolloutBuffer(
+            12, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), gym.spaces.Discrete(2), (12, 1, 2, 4), "cpu", n_envs=2,
+            sequence_length=length,
+        )
+
+    if valid:
+        assert build().num_chunks == 12 // length * 2
+    else:
+        with pytest.raises(ValueError, match=rf"sequence_length={length!r}: expected a positive int dividing n_steps=12"):
+            build()
+
+
 SAVED_PREDICT = textwrap.dedent(
     """
     import sys, numpy as np, sb3_contrib
