@@ -300,6 +300,7 @@ def test_robustness_options_reach_the_env_the_model_plays(command, run_dir: Path
     assert main([*args, "--noise", "20", "--flicker", "0.25", "--occlusion", "12"]) == 0
     (env,) = built
     chain = _wrapper_chain(env)
+    assert {GaussianNoise, Flicker, Occlusion} <= set(chain), f"{command} played on {list(chain)}"
     assert chain[GaussianNoise].sigma == 20 and chain[Flicker].p == 0.25 and chain[Occlusion].size == 12
     # And without the options the run's clean env is played.
     built.clear()

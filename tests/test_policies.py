@@ -213,20 +213,26 @@ def test_sequence_buffer_chunks_are_consecutive_steps_of_one_env():
         assert torch.equal(batch.lstm_states.pi[1][1, :, 0], -chunks[:, 0])
         codes.append(batch.observations.flatten())
     assert sorted(torch.cat(codes).tolist()) == sorted(100.0 * e + s for e in range(n_envs) for s in range(n_steps))
+    # batch_size None (RecurrentA2C's one step): the whole rollout in one minibatch, whole chunks.
+    (whole,) = list(buffer.get(None))
+    assert sorted(whole.observations.flatten().tolist()) == sorted(torch.cat(codes).tolist())
+    assert whole.lstm_states.pi[0].shape == (layers, n_steps * n_envs // length, hidden)
     with pytest.raises(ValueError, match=r"batch_size=6.*multiple of sequence_length=4"):
         next(buffer.get(6))
 
 
-def test_sequence_buffer_defaults_are_sb3_contribs():
-    """Built with only its required arguments, the buffer computes the same returns and
-    advantages as sb3-contrib's RecurrentRolloutBuffer with its own defaults, on the CPU here."""
+@pytest.mark.parametrize("discount", [{}, dict(gamma=0.9, gae_lambda=0.8)])
+def test_sequence_buffer_returns_are_sb3_contribs(discount):
+    """With its defaults (or the same gamma and lambda), the buffer computes the same returns
+    and advantages as sb3-contrib's RecurrentRolloutBuffer, on the same device."""
     from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 
     n_steps, n_envs, shape = 32, 1, (32, 1, 1, 4)
     space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
-    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape)
+    ours = SequenceRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, **discount)
+    theirs = RecurrentRolloutBuffer(n_steps, space, gym.spaces.Discrete(2), shape, **discount)
     assert ours.device == theirs.device == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert (ours.gamma, ours.gae_lambda) == (theirs.gamma, theirs.gae_lambda)
     assert (ours.n_envs, ours.sequence_length, ours.num_chunks) == (1, 16, 2)  # the documented default chunk
     rng = np.random.default_rng(0)
     zeros = torch.zeros(1, n_envs, 4)
@@ -240,6 +246,21 @@ def test_sequence_buffer_defaults_are_sb3_contribs():
         buffer.compute_returns_and_advantage(last_values, dones)
     np.testing.assert_array_equal(ours.returns, theirs.returns)
     np.testing.assert_array_equal(ours.advantages, theirs.advantages)
+
+
+@pytest.mark.parametrize("length, valid", [(1, True), (3, True), (12, True), (0, False), (5, False), (2.0, False)])
+def test_sequence_buffer_takes_lengths_dividing_the_rollout(length, valid):
+    def build():
+        return SequenceRolloutBuffer(
+            12, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), gym.spaces.Discrete(2), (12, 1, 2, 4), "cpu", n_envs=2,
+            sequence_length=length,
+        )
+
+    if valid:
+        assert build().num_chunks == 12 // length * 2
+    else:
+        with pytest.raises(ValueError, match=rf"sequence_length={length!r}: expected a positive int dividing n_steps=12"):
+            build()
 
 
 SAVED_PREDICT = textwrap.dedent(
