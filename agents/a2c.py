@@ -12,8 +12,9 @@ Atari): its running average of squared gradients starts at ONE, so for the first
 core whose only signal is the policy gradient (sb3-contrib's LSTM policies, or
 ``critic_core="separate"`` / ``"none"``) gets it through the action head's 0.01-gain
 initialisation, gradients of 1e-4 to 1e-6: measured on CueMemory, the actor LSTM moved by
-3e-6 in 20k steps and never learned. PyTorch's RMSprop starts the average at zero, so every
-parameter moves at the learning rate's scale from the first update.
+3e-6 in 20k steps and never learned. PyTorch's RMSprop starts the average at zero, so a
+parameter steps on the learning rate's scale from the first update (unless its gradient is
+below eps).
 """
 
 from __future__ import annotations

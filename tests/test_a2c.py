@@ -135,23 +135,29 @@ def test_positive_advantage_raises_the_log_probability_of_its_action(policy: str
 
 # On BrimsRL/CueMemory-v0 with delay 4 (test_learning's task_env / mean_return: 8 envs, 200
 # held-out episodes) guessing scores 0 in expectation, remembering the cue 1.
-LEARNING_BUDGET = 40_000  # env steps
 LEARNING_SETTINGS = dict(n_steps=16, learning_rate=1e-3, gamma=0.9, seed=0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "policy, policy_kwargs",
+    "policy, policy_kwargs, budget",
     [
-        ("MlpLstmPolicy", dict(lstm_hidden_size=32, net_arch=[])),
-        ("MlpBrimsPolicy", dict(hidden_size=32, num_modules=4, top_k=2, net_arch=[])),
+        # Measured (seeds 0, 1, 2): 1.00 from 10k, 14k, 10k steps on; -0.10 to 0.05 before.
+        # With TF-like RMSprop: 0.07 after 60k.
+        ("MlpLstmPolicy", dict(lstm_hidden_size=32, net_arch=[]), 20_000),
+        # Measured (seeds 0, 1, 2): 1.00 from 2k, 2k, 4k steps on.
+        ("MlpBrimsPolicy", dict(hidden_size=32, num_modules=4, top_k=2, net_arch=[]), 8_000),
     ],
 )
-def test_recurrent_a2c_remembers_the_cue(policy: str, policy_kwargs: dict[str, Any]) -> None:
+def test_recurrent_a2c_remembers_the_cue(policy: str, policy_kwargs: dict[str, Any], budget: int) -> None:
     model = RecurrentA2C(policy, task_env(seed=0), policy_kwargs=policy_kwargs, **LEARNING_SETTINGS)
-    model.learn(LEARNING_BUDGET)
+    untrained_return = mean_return(model)
+    model.learn(budget)
+    trained_return = mean_return(model)
     random_return = mean_return(RandomAgent(n_actions=2, seed=0))
-    a2c_return = mean_return(model)
-    # 0.6 is more than 8 std of a guessing policy's mean above 0.
+    # Guessing scores 0 in expectation; 200 episodes put 0.3 more than 4 std away, 0.6 more than 8.
+    # An untrained deterministic policy maps the 2 cues to answers by chance (1 in 4 maps both
+    # right: the BRIMs default init at seed 0 does), so it is reported, not required to guess.
     assert abs(random_return) < 0.3
-    assert a2c_return > 0.6, f"{policy} A2C mean return {a2c_return:.2f} after {LEARNING_BUDGET} steps"
+    assert trained_return > 0.6, (
+        f"{policy} A2C mean return {trained_return:.2f} after {budget} steps (untrained: {untrained_return:.2f})"
+    )
