@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 from brims_rl.loading import read_model_data
 
 if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
     from agents.config import TrainConfig
 
 CONFIG_NAME = "config.yaml"
@@ -134,7 +136,7 @@ def _remove(path: Path) -> None:
         pass  # a read-only folder: the temp file could not have been created either
 
 
-def atomic_save(model, path: Union[str, Path]) -> Path:
+def atomic_save(model: "BaseAlgorithm", path: Union[str, Path]) -> Path:
     """``model.save(path)`` through :func:`atomic_write` (the folder is created if missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
