@@ -40,23 +40,23 @@ config resolution (later wins): <config>.atari (or .default) < <config>.<game or
 
 _EVAL_EXAMPLES = """\
 examples:
-  brims-rl eval runs/ppo_brims_pong_20260101-120000 --episodes 10
-  brims-rl eval runs/ppo_brims_pong_20260101-120000 --noise 20 --flicker 0.3
-  brims-rl eval runs/ppo_brims_pong_20260101-120000/checkpoints/model_50000_steps.zip --stochastic
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 10
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242 --noise 20 --flicker 0.3
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242/checkpoints/model_50000_steps.zip --stochastic
   brims-rl eval model.zip --env PongNoFrameskip-v4 --episodes 3 --n-envs 3
 """
 
 _RECORD_EXAMPLES = """\
 examples:
-  brims-rl record runs/ppo_brims_pong_20260101-120000 --out pong.mp4
-  brims-rl record runs/ppo_brims_pong_20260101-120000 --out pong.gif --max-steps 500 --fps 15
+  brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.mp4
+  brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.gif --max-steps 500 --fps 15
 """
 
 _ANALYZE_EXAMPLES = """\
 examples:
-  brims-rl analyze runs/ppo_brims_pong_20260101-120000 --episodes 2
-  brims-rl analyze runs/ppo_brims_pong_20260101-120000 --out analysis/pong --flicker 0.5
-  tensorboard --logdir runs/ppo_brims_pong_20260101-120000/analysis
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 2
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --out analysis/pong --flicker 0.5
+  tensorboard --logdir runs/ppo_brims_pong_20260101-120000_s0_4242/analysis
 """
 
 _LIST_EXAMPLES = """\
