@@ -28,7 +28,6 @@ end may belong to episodes that are not counted in ``episode_returns``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -38,6 +37,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
 from agents.episodes import play_episodes
+from agents.run_folder import atomic_write
 from brims_rl.activations import (
     SLOTS,
     ActivationRecorder,
@@ -86,6 +86,7 @@ def run_analysis(
     Raises:
         ValueError: the model's policy is not a BRIMs policy, ``n_episodes`` is not an
             integer >= 1, or ``out_dir`` is not a usable directory.
+        OSError: ``out_dir`` cannot be written (read-only, full disk), naming the path.
     """
     policy = getattr(model, "policy", None)
     if not isinstance(policy, BrimsPolicy):
@@ -174,14 +175,8 @@ def _write_npz(out_dir: Path, trace: dict[str, Any]) -> Path:
         arrays[key] = trace[key]
     arrays["slots"] = np.asarray(SLOTS)
     path = out_dir / NPZ_NAME
-    # Write aside and rename, so a crash never leaves a truncated analysis.npz behind.
-    partial = out_dir / f".{NPZ_NAME}.{os.getpid()}.partial"
-    try:
-        with open(partial, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 

@@ -26,14 +26,16 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import os
 import numbers
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import yaml
+
+from agents.run_folder import atomic_write
 
 ALGORITHMS = ("ppo", "a2c")
 POLICIES = ("brims", "lstm", "cnn")
@@ -41,8 +43,10 @@ POLICY_SECTIONS = ("common", *POLICIES)
 # Top-level config sections that are not an env name.
 SPECIAL_SECTIONS = ("atari", "default", "quickstart")
 
-# The repository's configs/ folder (next to agents/ in a source or editable install).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The wheel ships the repository's configs/ as agents/configs/ (see pyproject.toml); a source
+# checkout or an editable install reads configs/ next to agents/.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 Validator = Callable[[str, Any], Any]
 
@@ -397,15 +401,15 @@ class TrainConfig:
         return config
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write the YAML atomically (a temp file renamed over ``path``)."""
+        """Write the YAML with :func:`agents.run_folder.atomic_write`."""
         path = Path(path)
         text = (
             "# Resolved brims-rl training config (what this run used). Continue the run with:\n"
-            f"#   brims-rl train --resume {path.parent}\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+            f"#   brims-rl train --resume {shlex.quote(str(path.parent))}\n"
+            + yaml.safe_dump(self.to_dict(), sort_keys=False)
         )
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(text)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "TrainConfig":
@@ -436,10 +440,14 @@ def default_config_file(algo: str) -> Path:
 def load_yaml(path: Union[str, Path]) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a syntax error is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a directory; give a YAML file such as {CONFIG_DIR / 'ppo.yaml'}")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not a text (UTF-8) YAML file: {error.reason} at byte {error.start}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
     if data is None:
@@ -521,6 +529,13 @@ def select_hyperparams(
     base = "atari" if _is_atari(env_id) else "default"
     blocks = _section_blocks(raw, base, policy, path)
     specific = _section_name_for(env_id, raw)
+    if base not in raw and specific is None:
+        # Training on the algorithm's library defaults is never what a config file meant.
+        kind = "every Atari game" if base == "atari" else "every non-Atari env"
+        raise ValueError(
+            f"config file {path} has no section for {env_id!r}: add a {base!r} section ({kind}) or an "
+            f"{env_id!r} section"
+        )
     if specific is not None:
         blocks += _section_blocks(raw, specific, policy, path)
     if quickstart:
@@ -596,8 +611,32 @@ def validate_hyperparams(hyperparams: dict[str, Any], algo: str, policy: str, en
         checked[key] = allowed[key](key, value)
     if "policy_kwargs" in checked:
         checked["policy_kwargs"] = validate_policy_kwargs(checked["policy_kwargs"], policy)
+    if checked.get("env_kwargs"):
+        check_env_kwargs(env_id, checked["env_kwargs"])
     check_consistency(checked, algo)
     return checked
+
+
+def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """Every key of ``env_kwargs`` must be an argument of the env's constructor."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    import envs  # noqa: F401  (registers the BrimsRL/ tasks)
+
+    if env_id not in gym.registry:
+        return  # an unknown env is refused by name elsewhere
+    entry_point = gym.registry[env_id].entry_point
+    creator = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    parameters = inspect.signature(creator).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return  # takes anything: the env itself will judge
+    allowed = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "render_mode"]
+    for key in env_kwargs:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown config key 'env_kwargs.{key}': {env_id!r} takes {', '.join(allowed) or 'no arguments'}"
+            )
 
 
 def check_consistency(hyperparams: dict[str, Any], algo: str) -> None:
@@ -704,6 +743,11 @@ def resolve_config(
     algo = _check_name("algorithm", algo, ALGORITHMS)
     path = Path(config_file) if config_file is not None else default_config_file(algo)
     raw = load_yaml(path)
+    if not raw:
+        raise ValueError(
+            f"config file {str(path)!r} is empty: expected sections such as atari, default and quickstart "
+            f"(see {CONFIG_DIR / (algo + '.yaml')})"
+        )
     quickstart = env_id is None
     if quickstart:
         section = quickstart_settings(raw, str(path))

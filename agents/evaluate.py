@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from agents.config import TrainConfig
 from agents.episodes import EpisodeStats, play_episodes
-from agents.train import BEST_MODEL_NAME, CONFIG_NAME, MODEL_NAME, find_run_dir, newest_model
+from agents.run_folder import BEST_MODEL_NAME, CONFIG_NAME, MODEL_NAME, find_run_dir, newest_model
 
 
 @dataclass

@@ -8,6 +8,7 @@ occlusion) change what the agent sees, not what is filmed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from agents.episodes import EpisodeStats, play_episodes
 from agents.evaluate import load_for_env, locate_model
+from agents.run_folder import atomic_write
 
 VIDEO_FORMATS = (".mp4", ".gif")
 
@@ -43,33 +45,68 @@ def check_video_path(out: Union[str, Path]) -> Path:
 
 
 class _FrameSink:
-    """Streams frames into an mp4, or collects them for a gif (written at the end)."""
+    """Streams frames into an mp4 (ffmpeg, in its own process), or collects them for a gif
+    (written at the end)."""
 
-    def __init__(self, path: Path, fps: int) -> None:
+    def __init__(self, path: Path, fps: int, shown: Path) -> None:
         import imageio.v2 as imageio
 
-        self.path, self.fps, self.n_frames = path, fps, 0
+        self.path, self.fps, self.shown, self.n_frames = path, fps, shown, 0
         self._frames: list[np.ndarray] = []
-        # ffmpeg's yuv420p needs even sides; Atari screens (210x160) already are.
-        self._writer = imageio.get_writer(path, fps=fps, macro_block_size=2) if path.suffix.lower() == ".mp4" else None
+        # ffmpeg's yuv420p needs even sides; Atari screens (210x160) already are. ffmpeg stays
+        # quiet: a failure is reported once, as the OS error behind it (see _why).
+        self._writer = (
+            imageio.get_writer(path, fps=fps, macro_block_size=2, ffmpeg_log_level="quiet")
+            if path.suffix.lower() == ".mp4"
+            else None
+        )
 
     def add(self, frame: np.ndarray) -> None:
         if self._writer is not None:
-            self._writer.append_data(frame)
+            try:
+                self._writer.append_data(frame)
+            except Exception as error:
+                raise self._why(error) from None
         else:
             self._frames.append(frame)
         self.n_frames += 1
 
     def close(self) -> None:
         """Finish the file; calling it again does nothing."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        elif self._frames:
-            import imageio.v3 as iio
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+            elif self._frames:
+                import imageio.v3 as iio
 
-            iio.imwrite(self.path, np.stack(self._frames), duration=1000 / self.fps, loop=0)
-            self._frames = []
+                iio.imwrite(self.path, np.stack(self._frames), duration=1000 / self.fps, loop=0)
+                self._frames = []
+        except Exception as error:
+            raise self._why(error) from None
+
+    def abort(self) -> None:
+        """Stop ffmpeg after an error elsewhere, without raising over that first error."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def _why(self, error: Exception) -> OSError:
+        """The OS error behind a failed write of the video.
+
+        ffmpeg writes the file from its own process, so Python sees only a broken pipe or an
+        exit status; writing to the same file here gets the OS's own answer (a full disk, a
+        quota). When that write succeeds, the failure was ffmpeg's own: say so, in one line."""
+        try:
+            with open(self.path, "ab") as probe:
+                probe.write(bytes(1 << 16))
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as cause:
+            return cause
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return OSError(f"could not write {str(self.shown)!r}: {first_line}")
 
 
 def record_video(
@@ -89,7 +126,7 @@ def record_video(
 
     Args:
         path: a run folder or a model zip.
-        out: ``.mp4`` or ``.gif`` file (written to a temp file, then renamed).
+        out: ``.mp4`` or ``.gif`` file (written by :func:`agents.run_folder.atomic_write`).
         env_id: the env (None: the run's).
         n_episodes: episodes to film; ``max_steps`` cuts the video at that many steps.
         fps: frames per second of the video.
@@ -98,6 +135,7 @@ def record_video(
 
     Raises:
         ValueError: bad format or fps, or the model does not fit the env.
+        OSError: ``out`` cannot be written (read-only, full disk); no partial file is left.
     """
     import envs
 
@@ -112,26 +150,23 @@ def record_video(
     render = {"backend": "sb3"} if envs.is_atari_id(env_id) else {"render_mode": "rgb_array"}
     model, env, run, env_id = load_for_env(path, env_id, n_envs=1, seed=seed, device=device, best=best, **render, **robustness)
 
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    sink: Optional[_FrameSink] = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        sink = _FrameSink(tmp, fps)
+        with atomic_write(out) as tmp:
+            sink = _FrameSink(tmp, fps, shown=out)
 
-        def grab(*_: Any) -> None:
-            frame = env.get_images()[0]
-            if frame is None:
-                raise ValueError(f"env {env_id!r} renders no rgb_array frames; cannot record it")
-            sink.add(frame)
+            def grab(*_: Any) -> None:
+                frame = env.get_images()[0]
+                if frame is None:
+                    raise ValueError(f"env {env_id!r} renders no rgb_array frames; cannot record it")
+                sink.add(frame)
 
-        stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=grab, max_steps=max_steps)
-        sink.close()
-        os.replace(tmp, out)
-    except BaseException:
-        if sink is not None:
-            sink.close()  # stops the ffmpeg process before its half-written file goes
-        tmp.unlink(missing_ok=True)
-        raise
+            try:
+                stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=grab, max_steps=max_steps)
+                sink.close()
+            except BaseException:
+                sink.abort()  # the first error is the one to report
+                raise
     finally:
         env.close()
     return RecordResult(out, sink.n_frames, stats)

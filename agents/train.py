@@ -1,25 +1,17 @@
 """The training pipeline behind ``brims-rl train``: build, learn, checkpoint, resume.
 
-A run folder holds everything one training run wrote::
-
-    <run>/
-      config.yaml                       resolved config (algo, policy, env, seed, hyperparams)
-      model.zip                         final model (written when training ends)
-      checkpoints/model_<steps>_steps.zip   periodic checkpoints, and the one Ctrl-C saves
-      best_model.zip                    best model of the periodic evaluations
-      evaluations.npz                   timesteps, results (raw scores), ep_lengths per evaluation
-      monitor.csv                       one row per finished training episode (raw game score)
-      tb/run_1/                         TensorBoard event files (a resumed run continues them)
-
-Every zip, ``evaluations.npz`` and ``config.yaml`` is written to a temp file in the same
-folder and renamed into place, so an interrupted run never leaves a half-written file.
+The run folder's layout, lock and write rules live in :mod:`agents.run_folder`. Training
+ends in one of four ways: done (``model.zip`` written); interrupted by Ctrl-C or SIGTERM
+(:class:`TrainingInterrupted`, a checkpoint saved); diverged (:class:`TrainingDiverged`,
+the last model with finite weights saved); or an ``OSError`` naming the path that could
+not be written (the newest good checkpoint stays as it was).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import re
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,34 +19,70 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.config import TrainConfig
-from brims_rl.loading import read_model_data
+from agents.run_folder import (  # noqa: F401  (re-exported: public names of this module)
+    BEST_MODEL_NAME,
+    CHECKPOINT_DIR,
+    CONFIG_NAME,
+    EVALUATIONS_NAME,
+    MODEL_NAME,
+    MONITOR_NAME,
+    TB_DIR,
+    TB_LOG_NAME,
+    atomic_save,
+    atomic_write,
+    checkpoint_path,
+    find_run_dir,
+    hold_run_dir,
+    latest_checkpoint,
+    new_run_dir,
+    newest_model,
+    os_error_at,
+    resolve_resume,
+    saved_num_timesteps,
+)
 from brims_rl.policies import BrimsPolicy
-
-CONFIG_NAME = "config.yaml"
-MODEL_NAME = "model.zip"
-BEST_MODEL_NAME = "best_model.zip"
-CHECKPOINT_DIR = "checkpoints"
-MONITOR_NAME = "monitor.csv"
-EVALUATIONS_NAME = "evaluations.npz"
-TB_DIR = "tb"
-TB_LOG_NAME = "run"
-_CHECKPOINT_RE = re.compile(r"^model_(\d+)_steps\.zip$")
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; a checkpoint was saved at ``checkpoint``."""
+    """Ctrl-C or SIGTERM during training; a checkpoint was saved at ``checkpoint``.
 
-    def __init__(self, run_dir: Path, checkpoint: Path, num_timesteps: int) -> None:
+    ``signum`` is the signal that stopped it (``SIGINT`` for Ctrl-C).
+    """
+
+    def __init__(self, run_dir: Path, checkpoint: Path, num_timesteps: int, signum: int = signal.SIGINT) -> None:
         super().__init__(f"training interrupted at {num_timesteps} steps; checkpoint saved to {checkpoint}")
         self.run_dir = run_dir
         self.checkpoint = checkpoint
         self.num_timesteps = num_timesteps
+        self.signum = signum
+
+
+class TrainingDiverged(Exception):
+    """The weights (or the logits) stopped being finite.
+
+    Attributes:
+        num_timesteps: the step count when it was found (the update after that step diverged).
+        checkpoint: where the last model with finite weights was saved (None: there was none).
+        checkpoint_steps: that model's step count.
+    """
+
+    def __init__(self, num_timesteps: int, checkpoint: Optional[Path] = None, checkpoint_steps: Optional[int] = None):
+        saved = (
+            f"the last good model (step {checkpoint_steps}) is saved to {checkpoint}"
+            if checkpoint is not None
+            else "no finite model was left to save"
+        )
+        super().__init__(f"training diverged after step {num_timesteps} (NaN or inf in the weights or logits); {saved}")
+        self.num_timesteps = num_timesteps
+        self.checkpoint = checkpoint
+        self.checkpoint_steps = checkpoint_steps
 
 
 @dataclass
@@ -70,60 +98,6 @@ class TrainResult:
     @property
     def steps_per_second(self) -> float:
         return self.steps_trained / self.seconds if self.seconds > 0 else float("nan")
-
-
-# --------------------------------------------------------------------------- files
-
-
-def atomic_save(model: BaseAlgorithm, path: Union[str, Path]) -> Path:
-    """``model.save`` to a temp zip next to ``path``, then rename: readers never see half a zip."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def checkpoint_path(run_dir: Path, num_timesteps: int) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"model_{num_timesteps}_steps.zip"
-
-
-def saved_num_timesteps(zip_path: Path) -> int:
-    """``num_timesteps`` stored in a model zip (read from its JSON data, no weights loaded).
-
-    Raises ``NotABrimsModelError`` (a ValueError) for a file that is not a model zip."""
-    return int(read_model_data(zip_path).get("num_timesteps", 0))
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint with the most steps in ``run_dir/checkpoints`` (None if there is none)."""
-    folder = run_dir / CHECKPOINT_DIR
-    found = []
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _CHECKPOINT_RE.match(path.name)
-            if match:
-                found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def newest_model(run_dir: Path) -> Optional[Path]:
-    """The run's model with the most training steps: its latest checkpoint or ``model.zip``
-    (a finished run that was resumed and interrupted has a checkpoint newer than its model.zip)."""
-    # model.zip first: on a tie (a finished run's last checkpoint) max() keeps it.
-    candidates = [p for p in (run_dir / MODEL_NAME, latest_checkpoint(run_dir)) if p is not None and p.is_file()]
-    return max(candidates, key=saved_num_timesteps) if candidates else None
-
-
-def find_run_dir(path: Union[str, Path]) -> Optional[Path]:
-    """The run folder a path belongs to: itself, or the folder holding ``config.yaml`` above a zip."""
-    path = Path(path)
-    candidates = [path] if path.is_dir() else [path.parent, path.parent.parent]
-    for candidate in candidates:
-        if (candidate / CONFIG_NAME).is_file():
-            return candidate
-    return None
 
 
 # --------------------------------------------------------------------------- env and monitor
@@ -170,7 +144,10 @@ class RawScoreMonitor(VecEnvWrapper):
 
     def reset(self) -> Any:
         if self.filename is not None and self._file is None:
-            self._open()
+            try:
+                self._open()
+            except OSError as error:
+                raise os_error_at(error, self.filename) from None
         return self.venv.reset()
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -182,8 +159,11 @@ class RawScoreMonitor(VecEnvWrapper):
                 if episode is not None:
                     rows.append(f"{episode['r']},{episode['l']},{round(time.time() - self._t_start, 6)}\n")
             if rows:
-                self._file.writelines(rows)
-                self._file.flush()
+                try:
+                    self._file.writelines(rows)
+                    self._file.flush()
+                except OSError as error:  # a full disk: say which file
+                    raise os_error_at(error, self.filename) from None
         return obs, rewards, dones, infos
 
     def close(self) -> None:
@@ -257,13 +237,80 @@ def build_model(config: TrainConfig, env: VecEnv, tensorboard_log: Optional[str]
 # --------------------------------------------------------------------------- callbacks
 
 
-class AtomicCheckpointCallback(BaseCallback):
-    """Saves ``checkpoints/model_<steps>_steps.zip`` every ``save_freq`` env steps (atomically)."""
+def nonfinite(model: BaseAlgorithm) -> bool:
+    """Whether any weight of the policy, or any optimizer state, is NaN or inf.
 
-    def __init__(self, run_dir: Path, save_freq: int, verbose: int = 0) -> None:
+    One host sync per device (optimizers keep some state, such as Adam's step, on the CPU)."""
+    tensors = list(model.policy.parameters())
+    for state in model.policy.optimizer.state.values():
+        tensors += [value for value in state.values() if torch.is_tensor(value) and value.is_floating_point()]
+    # A NaN wins max and min, an inf is one of them: two reductions, no tensor-sized temporaries
+    # (5x faster than isfinite(t).all() on the Pong model's weights and Adam state).
+    extremes: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.numel():
+            extremes.setdefault(tensor.device, []).extend((tensor.amax().float(), tensor.amin().float()))
+    return not all(bool(torch.isfinite(torch.stack(values)).all()) for values in extremes.values())
+
+
+class DivergenceGuard(BaseCallback):
+    """Keeps the last weights known to be finite, and stops training when they no longer are.
+
+    At each rollout's end (before the update that might diverge) the policy's and the
+    optimizer's state are checked, one host sync per rollout, nothing per step, and copied
+    when finite. :meth:`restore_last_good` puts the copy back.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._good: Optional[tuple[int, dict[str, Any], dict[str, Any]]] = None
+
+    def check(self) -> None:
+        """Raise :class:`TrainingDiverged` if the model's weights are no longer finite."""
+        if nonfinite(self.model):
+            raise TrainingDiverged(self.model.num_timesteps)
+
+    def _on_rollout_end(self) -> None:
+        self.check()
+        policy = self.model.policy
+        state = {name: tensor.detach().clone() for name, tensor in policy.state_dict().items()}
+        self._good = (self.model.num_timesteps, state, copy.deepcopy(policy.optimizer.state_dict()))
+
+    def _on_training_end(self) -> None:
+        self.check()  # the last update has no rollout after it
+
+    def _on_step(self) -> bool:
+        return True
+
+    def restore_last_good(self) -> Optional[int]:
+        """Load the last finite copy into the model; return its step count (None: no copy)."""
+        if self._good is None:
+            return None
+        steps, state, optimizer_state = self._good
+        self.model.policy.load_state_dict(state)
+        self.model.policy.optimizer.load_state_dict(optimizer_state)
+        self.model.num_timesteps = steps
+        return steps
+
+
+def _diverged(model: BaseAlgorithm, error: ValueError) -> bool:
+    """A ValueError out of ``learn``: torch's distributions refusing NaN/inf logits (raised in
+    the middle of an update, before any callback sees the weights), or any error once the
+    weights are no longer finite."""
+    return "found invalid values" in str(error) or nonfinite(model)
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    """Saves ``checkpoints/model_<steps>_steps.zip`` every ``save_freq`` env steps (atomically).
+
+    A model whose weights are no longer finite is not saved (:class:`TrainingDiverged`).
+    """
+
+    def __init__(self, run_dir: Path, save_freq: int, guard: Optional[DivergenceGuard] = None, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.run_dir = run_dir
         self.save_freq = save_freq
+        self.guard = guard
         self._last_saved_slot = 0
 
     def _on_training_start(self) -> None:
@@ -274,6 +321,8 @@ class AtomicCheckpointCallback(BaseCallback):
         slot = self.num_timesteps // self.save_freq
         if slot > self._last_saved_slot:
             self._last_saved_slot = slot
+            if self.guard is not None:
+                self.guard.check()
             path = atomic_save(self.model, checkpoint_path(self.run_dir, self.num_timesteps))
             if self.verbose:
                 print(f"Saved checkpoint {path}")
@@ -293,26 +342,31 @@ class _SaveBest(BaseCallback):
 
 
 class RunEvalCallback(EvalCallback):
-    """SB3's ``EvalCallback`` writing ``evaluations.npz`` and ``best_model.zip`` atomically.
+    """SB3's ``EvalCallback`` on the run's own schedule, writing ``evaluations.npz`` and
+    ``best_model.zip`` atomically.
 
-    Works with recurrent models: SB3's ``evaluate_policy`` carries their state and, on
-    Atari, counts whole games with raw scores (the env reports itself Monitor-wrapped).
-    A resumed run first reads back the evaluations already in the run folder, so the file
-    keeps the whole history and the best model is only replaced by a better one.
+    Evaluations happen when the run's step count crosses a multiple of ``eval_freq_steps``,
+    so a run resumed at any step keeps the schedule it started with. Works with recurrent
+    models: SB3's ``evaluate_policy`` carries their state and, on Atari, counts whole games
+    with raw scores (the env reports itself Monitor-wrapped). A resumed run first reads back
+    the evaluations already in the run folder, so the file keeps the whole history and the
+    best model is only replaced by a better one.
     """
 
-    def __init__(self, eval_env: VecEnv, run_dir: Path, eval_freq_steps: int, n_envs: int, n_eval_episodes: int, verbose: int = 0):
+    def __init__(self, eval_env: VecEnv, run_dir: Path, eval_freq_steps: int, n_eval_episodes: int, verbose: int = 0):
+        # eval_freq=1: SB3 evaluates whenever _on_step lets it; the schedule is ours.
         super().__init__(
             eval_env,
             callback_on_new_best=_SaveBest(run_dir / BEST_MODEL_NAME),
             n_eval_episodes=n_eval_episodes,
-            eval_freq=max(1, eval_freq_steps // n_envs),
+            eval_freq=1,
             deterministic=True,
             verbose=verbose,
         )
         self.run_dir = run_dir
-        # np.savez writes here (it appends ".npz"); _on_step renames it into place.
-        self.log_path = str(run_dir / ".evaluations.tmp")
+        self.eval_freq_steps = eval_freq_steps
+        self._last_slot = 0
+        self.log_path = str(run_dir / EVALUATIONS_NAME)  # each evaluation points it at a temp file
         previous = run_dir / EVALUATIONS_NAME
         if previous.is_file():
             with np.load(previous) as data:
@@ -322,18 +376,21 @@ class RunEvalCallback(EvalCallback):
             if self.evaluations_results:
                 self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
+    def _on_training_start(self) -> None:
+        self._last_slot = self.num_timesteps // self.eval_freq_steps
+
     def _on_step(self) -> bool:
-        if self.n_calls % self.eval_freq != 0:
-            return super()._on_step()  # no evaluation due: nothing to guard or rename
+        slot = self.num_timesteps // self.eval_freq_steps
+        if slot <= self._last_slot:
+            return True
+        self._last_slot = slot
         # Evaluation games must not reach the activation recorder: they are not rollout steps
         # (and their batch size differs from the training envs').
         policy = self.model.policy
         with policy.recording(None) if isinstance(policy, BrimsPolicy) else nullcontext():
-            result = super()._on_step()
-        tmp = Path(self.log_path + ".npz")
-        if tmp.is_file():
-            os.replace(tmp, self.run_dir / EVALUATIONS_NAME)
-        return result
+            with atomic_write(self.run_dir / EVALUATIONS_NAME) as tmp:
+                self.log_path = str(tmp)  # SB3's np.savez writes here (the name ends with .npz)
+                return super()._on_step()
 
 
 def _activation_callback(config: TrainConfig) -> Optional[BaseCallback]:
@@ -347,65 +404,22 @@ def _activation_callback(config: TrainConfig) -> Optional[BaseCallback]:
 
 
 def build_callbacks(config: TrainConfig, run_dir: Path, eval_seed: int) -> tuple[list[BaseCallback], list[VecEnv]]:
-    """Checkpoint, evaluation and activation callbacks of a run, and the envs they opened."""
+    """The divergence guard (first), checkpoint, evaluation and activation callbacks of a run,
+    and the envs they opened."""
     settings = config.run_settings()
-    n_envs = config.hyperparams.get("n_envs", 1)
-    callbacks: list[BaseCallback] = []
     opened: list[VecEnv] = []
+    guard = DivergenceGuard()
+    callbacks: list[BaseCallback] = [guard]
     if settings.get("checkpoint_freq", 0) > 0:
-        callbacks.append(AtomicCheckpointCallback(run_dir, settings["checkpoint_freq"]))
+        callbacks.append(AtomicCheckpointCallback(run_dir, settings["checkpoint_freq"], guard))
     if settings.get("eval_freq", 0) > 0:
         eval_env = RawScoreMonitor(make_run_env(config, n_envs=settings.get("n_eval_envs", 1), seed=eval_seed))
         opened.append(eval_env)
-        callbacks.append(
-            RunEvalCallback(eval_env, run_dir, settings["eval_freq"], n_envs, settings.get("eval_episodes", 5), verbose=1)
-        )
+        callbacks.append(RunEvalCallback(eval_env, run_dir, settings["eval_freq"], settings.get("eval_episodes", 5), verbose=1))
     activation = _activation_callback(config)
     if activation is not None:
         callbacks.append(activation)
     return callbacks, opened
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def new_run_dir(config: TrainConfig, root: Union[str, Path] = "runs") -> Path:
-    """``<root>/<algo>_<policy>_<env>_<YYYYmmdd-HHMMSS>`` (a numeric suffix if it exists)."""
-    import envs
-
-    env_name = envs.normalize_game_id(config.env_id) if config.is_atari else config.env_id
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", env_name).strip("-").lower()
-    base = Path(root) / f"{config.algo}_{config.policy}_{slug}_{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir, n = base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base.with_name(f"{base.name}_{n}")
-    return run_dir
-
-
-def resolve_resume(path: Union[str, Path]) -> tuple[Path, Path]:
-    """``(run_dir, model zip)`` to resume from: a run folder's latest checkpoint, or a given zip.
-
-    A run folder with no checkpoint resumes from its ``model.zip``.
-
-    Raises:
-        FileNotFoundError: the path does not exist, or no config.yaml / model is found.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--resume {str(path)!r}: no such run folder or model zip")
-    run_dir = find_run_dir(path)
-    if run_dir is None:
-        raise FileNotFoundError(
-            f"--resume {str(path)!r}: no {CONFIG_NAME} found there (expected a run folder written by "
-            "`brims-rl train`, or a zip inside one)"
-        )
-    if path.is_file():
-        return run_dir, path
-    model_path = newest_model(run_dir)
-    if model_path is None:
-        raise FileNotFoundError(f"--resume {str(path)!r}: the run folder holds no checkpoint and no {MODEL_NAME}")
-    return run_dir, model_path
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -418,62 +432,101 @@ def train(
     progress_bar: bool = True,
     verbose: int = 0,
 ) -> TrainResult:
-    """Train ``config`` into ``run_dir`` (see the module doc for the layout).
+    """Train ``config`` into ``run_dir`` (layout: :mod:`agents.run_folder`), holding its lock.
 
     Args:
         config: the resolved, validated config (saved as ``config.yaml``).
-        run_dir: the run folder (created if missing).
-        resume_from: a model zip of this run to continue from: ``num_timesteps``, the
-            learning-rate and clip schedules and the TensorBoard curves continue; training
-            stops at ``total_timesteps`` in all.
+        run_dir: the run folder (created if missing; a new run's folder must be empty).
+        resume_from: continue this run from a model zip of it, or from the run folder itself
+            (its newest model; a folder with none yet starts again at step 0):
+            ``num_timesteps``, the learning-rate and clip schedules, the evaluation schedule
+            and the TensorBoard curves continue; training stops at ``total_timesteps`` in all.
+            A run already at its target writes nothing.
         progress_bar: SB3's progress bar.
         verbose: SB3 verbosity of the model (1 prints the training tables).
 
     Raises:
-        TrainingInterrupted: on Ctrl-C, after saving a checkpoint.
+        TrainingInterrupted: Ctrl-C (or a signal the caller turned into ``KeyboardInterrupt``),
+            after saving a checkpoint.
+        TrainingDiverged: after saving the last model with finite weights.
+        RunFolderError: another process trains in ``run_dir``, or a new run's folder is not empty.
+        ValueError: ``total_timesteps`` is below the steps the resumed model has trained.
+        OSError: a file could not be written (the error names it).
     """
     run_dir = Path(run_dir)
     total = config.hyperparams["total_timesteps"]
     n_envs = config.hyperparams.get("n_envs", 1)
-    tb_dir = str(run_dir / TB_DIR)
+    with hold_run_dir(run_dir, new=resume_from is None):
+        if resume_from is not None and Path(resume_from).is_dir():
+            resume_from = newest_model(run_dir)  # read under the lock: nobody is writing it now
+        start_steps = saved_num_timesteps(Path(resume_from)) if resume_from is not None else 0
+        if total < start_steps:
+            raise ValueError(
+                f"the target of {total} steps (total_timesteps, --timesteps) is below the {start_steps} steps "
+                f"{str(resume_from)!r} has trained; give at least {start_steps}"
+            )
+        if resume_from is not None and total == start_steps:
+            return TrainResult(run_dir, Path(resume_from), start_steps, 0, 0.0)
 
-    start_steps = saved_num_timesteps(Path(resume_from)) if resume_from is not None else 0
-    # A resumed run gets fresh env seeds, so it does not replay the first run's games.
-    seed = config.seed + start_steps
-    env = RawScoreMonitor(make_run_env(config, n_envs=n_envs, seed=seed), run_dir / MONITOR_NAME, config.env_id)
-    opened: list[VecEnv] = [env]
+        # A resumed run gets fresh env seeds, so it does not replay the first run's games.
+        seed = config.seed + start_steps
+        env = RawScoreMonitor(make_run_env(config, n_envs=n_envs, seed=seed), run_dir / MONITOR_NAME, config.env_id)
+        opened: list[VecEnv] = [env]
+        try:
+            tb_dir = str(run_dir / TB_DIR)
+            if resume_from is None:
+                model = build_model(config, env, tensorboard_log=tb_dir, verbose=verbose)
+            else:
+                from brims_rl import load
+
+                model = load(resume_from, env=env, device=config.device)
+                model.tensorboard_log = tb_dir  # the run folder may have moved since
+                model.verbose = verbose
+            config.save(run_dir / CONFIG_NAME)
+            callbacks, eval_envs = build_callbacks(config, run_dir, eval_seed=seed + 10_000)
+            opened += eval_envs
+            # A run restarted from step 0 continues its TensorBoard run too.
+            fresh = resume_from is None and not (run_dir / TB_DIR / f"{TB_LOG_NAME}_1").exists()
+            started = time.time()
+            _learn(model, config, callbacks, run_dir, reset_num_timesteps=fresh, progress_bar=progress_bar)
+            seconds = time.time() - started
+            model_path = atomic_save(model, run_dir / MODEL_NAME)
+            return TrainResult(run_dir, model_path, model.num_timesteps, model.num_timesteps - start_steps, seconds)
+        finally:
+            for venv in opened:
+                venv.close()
+
+
+def _learn(
+    model: BaseAlgorithm,
+    config: TrainConfig,
+    callbacks: list[BaseCallback],
+    run_dir: Path,
+    reset_num_timesteps: bool,
+    progress_bar: bool,
+) -> None:
+    """``model.learn`` up to the config's total; every way it can stop early saves what it can."""
+    guard = callbacks[0]
+    assert isinstance(guard, DivergenceGuard)
     try:
-        if resume_from is None:
-            model = build_model(config, env, tensorboard_log=tb_dir, verbose=verbose)
-        else:
-            from brims_rl import load
-
-            model = load(resume_from, env=env, device=config.device)
-            model.tensorboard_log = tb_dir  # the run folder may have moved since
-            model.verbose = verbose
-        # Only now that the model exists (bad policy settings fail above) does the run folder appear.
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_NAME)
-        callbacks, eval_envs = build_callbacks(config, run_dir, eval_seed=seed + 10_000)
-        opened += eval_envs
-        remaining = total - model.num_timesteps
-        started = time.time()
-        if remaining > 0:
-            try:
-                model.learn(
-                    remaining,
-                    callback=CallbackList(callbacks),
-                    log_interval=config.hyperparams.get("log_interval", 1),
-                    tb_log_name=TB_LOG_NAME,
-                    reset_num_timesteps=resume_from is None,
-                    progress_bar=progress_bar,
-                )
-            except KeyboardInterrupt:
-                checkpoint = atomic_save(model, checkpoint_path(run_dir, model.num_timesteps))
-                raise TrainingInterrupted(run_dir, checkpoint, model.num_timesteps) from None
-        seconds = time.time() - started
-        model_path = atomic_save(model, run_dir / MODEL_NAME)
-        return TrainResult(run_dir, model_path, model.num_timesteps, model.num_timesteps - start_steps, seconds)
-    finally:
-        for venv in opened:
-            venv.close()
+        model.learn(
+            config.hyperparams["total_timesteps"] - model.num_timesteps,
+            callback=CallbackList(callbacks),
+            log_interval=config.hyperparams.get("log_interval", 1),
+            tb_log_name=TB_LOG_NAME,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+    except KeyboardInterrupt as stop:
+        checkpoint = atomic_save(model, checkpoint_path(run_dir, model.num_timesteps))
+        signum = getattr(stop, "signum", signal.SIGINT)
+        raise TrainingInterrupted(run_dir, checkpoint, model.num_timesteps, signum) from None
+    except (TrainingDiverged, ValueError) as error:
+        if isinstance(error, ValueError) and not _diverged(model, error):
+            raise
+        found_at = model.num_timesteps
+        good_steps = guard.restore_last_good()
+        checkpoint = atomic_save(model, checkpoint_path(run_dir, good_steps)) if good_steps is not None else None
+        raise TrainingDiverged(found_at, checkpoint, good_steps) from None
+    except OSError as error:  # e.g. TensorBoard's writer on a full disk: name the run at least
+        raise os_error_at(error, run_dir) from None

@@ -1,21 +1,29 @@
 """The ``brims-rl`` command line: train, eval, record, analyze, list-envs.
 
 Heavy imports (torch, SB3, ale-py) happen inside the commands, so ``--help`` and argument
-errors answer at once. Bad input (unknown env, bad config key or value, missing run, a
-zip that is not a model of ours) ends with a one-line message on stderr and exit code 2;
-Ctrl-C during training saves a checkpoint and exits with 130.
+errors answer at once. Exit codes, each with one line on stderr:
+
+* 2, bad input: an unknown env, bad config key or value, missing run, a zip that is not a
+  model of ours, a device this machine lacks, a run folder another process trains in;
+* 1, a failure: the disk is full or read-only (the line names the path and the OS error),
+  or training diverged (the last good model is saved);
+* 130 / 143: Ctrl-C / SIGTERM; during training both save a checkpoint first.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; SIGTERM gives 143
 
 _TRAIN_EXAMPLES = """\
 examples:
@@ -23,8 +31,8 @@ examples:
   brims-rl train --env PongNoFrameskip-v4 --policy brims --timesteps 2000000
   brims-rl train --algo a2c --policy lstm --env breakout --n-envs 16
   brims-rl train --env BrimsRL/CueMemory-v0 --set policy_kwargs.top_k=2 --set n_steps=64
-  brims-rl train --resume runs/ppo_brims_pong_20260101-120000      # continue after Ctrl-C
-  brims-rl train --resume runs/ppo_brims_pong_20260101-120000 --timesteps 5000000  # train longer
+  brims-rl train --resume runs/ppo_brims_pong_20260101-120000_s0_4242      # continue after Ctrl-C / SIGTERM
+  brims-rl train --resume runs/ppo_brims_pong_20260101-120000_s0_4242 --timesteps 5000000  # train longer
 
 config resolution (later wins): <config>.atari (or .default) < <config>.<game or env id>
   < quickstart (no --env only) < --set key=value < --timesteps / --n-envs
@@ -32,23 +40,23 @@ config resolution (later wins): <config>.atari (or .default) < <config>.<game or
 
 _EVAL_EXAMPLES = """\
 examples:
-  brims-rl eval runs/ppo_brims_pong_20260101-120000 --episodes 10
-  brims-rl eval runs/ppo_brims_pong_20260101-120000 --noise 20 --flicker 0.3
-  brims-rl eval runs/ppo_brims_pong_20260101-120000/checkpoints/model_50000_steps.zip --stochastic
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 10
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242 --noise 20 --flicker 0.3
+  brims-rl eval runs/ppo_brims_pong_20260101-120000_s0_4242/checkpoints/model_50000_steps.zip --stochastic
   brims-rl eval model.zip --env PongNoFrameskip-v4 --episodes 3 --n-envs 3
 """
 
 _RECORD_EXAMPLES = """\
 examples:
-  brims-rl record runs/ppo_brims_pong_20260101-120000 --out pong.mp4
-  brims-rl record runs/ppo_brims_pong_20260101-120000 --out pong.gif --max-steps 500 --fps 15
+  brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.mp4
+  brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.gif --max-steps 500 --fps 15
 """
 
 _ANALYZE_EXAMPLES = """\
 examples:
-  brims-rl analyze runs/ppo_brims_pong_20260101-120000 --episodes 2
-  brims-rl analyze runs/ppo_brims_pong_20260101-120000 --out analysis/pong --flicker 0.5
-  tensorboard --logdir runs/ppo_brims_pong_20260101-120000/analysis
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 2
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --out analysis/pong --flicker 0.5
+  tensorboard --logdir runs/ppo_brims_pong_20260101-120000_s0_4242/analysis
 """
 
 _LIST_EXAMPLES = """\
@@ -59,6 +67,26 @@ examples:
 
 class UsageError(Exception):
     """A bad command line the parser itself cannot see (conflicting options)."""
+
+
+class CommandFailed(Exception):
+    """The command could not do its job, through no fault of the command line (exit 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, as Ctrl-C raises ``KeyboardInterrupt``: the same
+    clean-up runs (training saves a checkpoint, temp files are removed)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def quote(path: Any) -> str:
+    """A path as it must be typed in a shell command (spaces, quotes)."""
+    return shlex.quote(str(path))
 
 
 # --------------------------------------------------------------------------- argument types
@@ -77,31 +105,79 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _device(text: str) -> str:
-    """``auto`` or anything ``torch.device`` accepts (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+def check_device(text: str) -> str:
+    """``auto``, or a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks (``auto`` falls back).
+    """
     if text == "auto":
         return text
     import torch
 
     try:
-        torch.device(text)
+        device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"{text!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {text!r}: CUDA is not available here ({why}); use --device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {text!r}: CUDA is not available for index {device.index} "
+                             f"(this machine has {torch.cuda.device_count()} GPU(s))")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {text!r}: MPS is not available here; use --device auto or cpu")
     return text
 
 
-def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+def _device(text: str) -> str:
+    try:
+        return check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# Commands that only run a trained model: batch-1 forward passes gain little from more
+# threads, and spin-waiting threads on busy cores cost many times over (see --threads).
+INFERENCE_THREADS = 1
+
+
+def idle_core_threads() -> int:
+    """torch's own thread count (one per core), less the cores other processes keep busy now
+    (the 1-minute load average), at least 1: training's default."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(torch.get_num_threads(), round(cores - busy)))
+
+
+def _add_threads_arg(parser: argparse.ArgumentParser, default_help: str) -> None:
     parser.add_argument(
-        "--threads", type=_int_at_least(1), default=None,
-        help="torch CPU threads (default: torch's own, one per core, fastest on a machine of your own); "
-        "on a machine other jobs keep busy, use fewer (e.g. 1): torch's threads spin-wait, and "
-        "oversubscribed cores slow it down many times over",
+        "--threads", type=_int_at_least(1), default=None, metavar="N",
+        help=f"torch CPU threads (default: {default_help}; OMP_NUM_THREADS, when set, is kept). "
+        "torch's threads spin-wait, so more threads than free cores slow it down many times over: "
+        "on a machine other jobs keep busy use 1; on an idle one, one per core",
     )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads``, else the command's default unless OMP_NUM_THREADS chose already."""
+    threads = getattr(args, "threads", None)
+    default = getattr(args, "default_threads", None)
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = default() if callable(default) else default
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _add_model_args(parser: argparse.ArgumentParser, episodes_default: int) -> None:
     """Options every command that plays a trained model shares."""
-    _add_threads_arg(parser)
+    _add_threads_arg(parser, default_help=str(INFERENCE_THREADS))
+    parser.set_defaults(default_threads=INFERENCE_THREADS)
     parser.add_argument("run", metavar="RUN_OR_ZIP", help="run folder written by `brims-rl train`, or a model zip")
     parser.add_argument("--env", default=None, help="env id or Atari game (default: the run's env)")
     parser.add_argument("--episodes", type=_int_at_least(1), default=episodes_default, help="episodes to play")
@@ -143,16 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_int_at_least(0), default=None, help="random seed (default 0)")
     train.add_argument("--device", type=_device, default=None, help="torch device: auto (default), cpu, cuda, ...")
     train.add_argument("--run-dir", default=None, help="folder the run folder is created in (default runs/)")
-    train.add_argument("--name", default=None, help="run folder name (default <algo>_<policy>_<env>_<time>)")
+    train.add_argument("--name", default=None, help="run folder name inside --run-dir, new or empty "
+                       "(default <algo>_<policy>_<env>_<time>_s<seed>_<pid>)")
     train.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key (repeatable; dotted keys reach into policy_kwargs)",
     )
-    train.add_argument("--resume", default=None, metavar="RUN_DIR_OR_ZIP", help="continue a run from its latest checkpoint")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR_OR_ZIP", help="continue a run from its newest model (a folder with none yet: from step 0), or from a zip of it")
     train.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", help="hide the progress bar")
     train.add_argument("--verbose", type=int, choices=(0, 1), default=0, help="1 prints SB3's training tables")
-    _add_threads_arg(train)
-    train.set_defaults(handler=cmd_train)
+    _add_threads_arg(train, default_help="one per core that other processes leave idle at the start, at least 1")
+    train.set_defaults(handler=cmd_train, default_threads=idle_core_threads)
 
     evaluate = commands.add_parser(
         "eval", help="mean/std raw game score of a trained agent", epilog=_EVAL_EXAMPLES, formatter_class=formatter,
@@ -197,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.config import TrainConfig, resolve_config
-    from agents.train import CONFIG_NAME, TrainingInterrupted, new_run_dir, resolve_resume, train
+    from agents.run_folder import (
+        CONFIG_NAME, TB_DIR, RunFolderError, hold_run_dir, new_run_dir, resolve_resume, run_dir_of,
+    )
+    from agents.train import TrainingDiverged, TrainingInterrupted, train
 
     if args.resume is not None:
         given = [
@@ -212,14 +292,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{', '.join(given)} cannot be combined with --resume: the run's {CONFIG_NAME} is reused "
                 "(only --timesteps and --device may change)"
             )
-        run_dir, resume_from = resolve_resume(args.resume)
+        run_dir = run_dir_of(args.resume)
         config = TrainConfig.load(run_dir / CONFIG_NAME)
         if args.timesteps is not None:
             config.hyperparams["total_timesteps"] = args.timesteps
         if args.device is not None:
             config.device = args.device
-        print(f"Resuming {run_dir} from {resume_from}")
+        check_device(config.device)  # the run's own device may be missing on this machine
     else:
+        if args.name is not None and (args.name in ("", ".", "..") or Path(args.name).name != args.name):
+            raise UsageError(f"--name {args.name!r}: give a plain folder name (no '/' or '..'); it goes inside --run-dir")
         config = resolve_config(
             args.algo or "ppo",
             policy=args.policy,
@@ -231,30 +313,38 @@ def cmd_train(args: argparse.Namespace) -> int:
             total_timesteps=args.timesteps,
             n_envs=args.n_envs,
         )
-        root = args.run_dir or "runs"
-        run_dir = Path(root) / args.name if args.name else new_run_dir(config, root)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"run folder {str(run_dir)!r} already exists and is not empty; pick another --name")
-        resume_from = None
-        print(f"Training {config.algo}/{config.policy} on {config.env_id} for "
-              f"{config.hyperparams['total_timesteps']} steps into {run_dir}")
+        root = Path(args.run_dir or "runs")
+        run_dir = root / args.name if args.name else new_run_dir(config, root)
     try:
-        result = train(config, run_dir, resume_from=resume_from, progress_bar=args.progress_bar, verbose=args.verbose)
+        with hold_run_dir(run_dir, new=args.resume is None):
+            if args.resume is not None:
+                _, resume_from = resolve_resume(args.resume)  # under the lock: the folder holds still
+                print(f"Resuming {run_dir} from {resume_from or 'step 0 (it holds no model yet)'}")
+            else:
+                resume_from = None
+                print(f"Training {config.algo}/{config.policy} on {config.env_id} for "
+                      f"{config.hyperparams['total_timesteps']} steps into {run_dir}")
+            result = train(config, run_dir, resume_from=resume_from or (run_dir if args.resume else None),
+                           progress_bar=args.progress_bar, verbose=args.verbose)
     except TrainingInterrupted as stop:
-        print(f"\nInterrupted at {stop.num_timesteps} steps; checkpoint saved to {stop.checkpoint}", file=sys.stderr)
-        print(f"resume with: brims-rl train --resume {stop.run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"\nInterrupted at {stop.num_timesteps} steps; checkpoint saved to {quote(stop.checkpoint)}", file=sys.stderr)
+        print(f"resume with: brims-rl train --resume {quote(stop.run_dir)}", file=sys.stderr)
+        return 128 + stop.signum
+    except TrainingDiverged as error:
+        raise CommandFailed(f"{error}; lower learning_rate (or max_grad_norm) and train again") from None
+    except RunFolderError as error:  # in use by another process, or not empty
+        raise UsageError(str(error)) from None
     if result.steps_trained > 0:
         print(f"Done: {result.num_timesteps} steps ({result.steps_trained} in {result.seconds:.0f} s, "
               f"{result.steps_per_second:.0f} steps/s). Model: {result.model_path}")
     else:
         print(f"Nothing to train: the run is at {result.num_timesteps} steps, its target is "
               f"{config.hyperparams['total_timesteps']} (raise it with --timesteps). Model: {result.model_path}")
-    print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    print(f"  Evaluate:    brims-rl eval {run_dir} --episodes 5")
-    print(f"  Video:       brims-rl record {run_dir} --out {run_dir / 'video.mp4'}")
+    print(f"  TensorBoard: tensorboard --logdir {quote(run_dir / TB_DIR)}")
+    print(f"  Evaluate:    brims-rl eval {quote(run_dir)} --episodes 5")
+    print(f"  Video:       brims-rl record {quote(run_dir)} --out {quote(run_dir / 'video.mp4')}")
     if config.policy == "brims":
-        print(f"  Modules:     brims-rl analyze {run_dir} --episodes 1")
+        print(f"  Modules:     brims-rl analyze {quote(run_dir)} --episodes 1")
     return 0
 
 
@@ -312,7 +402,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     finally:
         env.close()
     print(f"Wrote {npz} and TensorBoard events in {out_dir} (env {env_id})")
-    print(f"  View: tensorboard --logdir {out_dir}")
+    print(f"  View: tensorboard --logdir {quote(out_dir)}")
     return 0
 
 
@@ -336,28 +426,43 @@ def cmd_list_envs(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 bad input, 130/143 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"brims-rl {args.command}: error: "
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
+        _set_threads(args)
         return args.handler(args)
     except UsageError as error:
         print(prefix + str(error), file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError as error:
+        if error.filename is not None:  # a file's pipe, not our stdout
+            return _failed(prefix, error)
+        sys.stdout = open(os.devnull, "w")  # `brims-rl ... | head`: the reader left; no traceback for that
+        return 0
     except (ValueError, FileNotFoundError) as error:  # NotABrimsModelError is a ValueError
+        if isinstance(error, FileNotFoundError) and error.errno is not None:
+            return _failed(prefix, error)  # the OS's, not a path the user typed wrong
         print(prefix + str(error).strip(), file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except (OSError, CommandFailed) as error:
+        return _failed(prefix, error)
+    except KeyboardInterrupt as stop:
         print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `brims-rl ... | head`: the reader left; no traceback for that
-        sys.stdout = open(os.devnull, "w")
-        return 0
+        return 128 + getattr(stop, "signum", signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _failed(prefix: str, error: Exception) -> int:
+    """One line: the OS error with its path (a full or read-only disk), or why training failed."""
+    lines = str(error).strip().splitlines()
+    print(prefix + (lines[0] if lines else type(error).__name__), file=sys.stderr)
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":
