@@ -361,12 +361,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     stats = result.stats
     print(f"Model {result.model_path} on {result.env_id}")
-    for i, (score, length) in enumerate(zip(stats.returns, stats.lengths), start=1):
-        print(f"episode {i}: score {score:g}, length {length}")
+    for i, (score, length, cut) in enumerate(zip(stats.returns, stats.lengths, stats.truncated), start=1):
+        print(f"episode {i}: score {score:g}, length {length}" + (" (time limit)" if cut else ""))
     if not stats.returns:
         print(f"no episode finished within --max-steps {args.max_steps}", file=sys.stderr)
         return 1
     print(f"mean score: {stats.mean:.2f} +/- {stats.std:.2f} over {len(stats.returns)} episodes")
+    if stats.n_truncated:
+        # A policy that stalls (never presses FIRE, hides in a corner) plays until the game's
+        # frame cap: say so instead of reporting its score as if the game had ended.
+        print(
+            f"warning: {stats.n_truncated} of {len(stats.returns)} episodes did not end but hit the env's time limit: "
+            "the policy stalls (for Atari, max_episode_steps frames); --max-steps bounds an evaluation",
+            file=sys.stderr,
+        )
     return 0
 
 

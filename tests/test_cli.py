@@ -257,9 +257,12 @@ def test_other_algorithms_and_policies_train_and_evaluate(algo, policy, env, ext
 def test_eval_prints_raw_scores_with_robustness(run_dir: Path) -> None:
     from agents.evaluate import evaluate
 
-    out = ok(cli("eval", str(run_dir), "--episodes", "2", "--n-envs", "2", "--noise", "10", "--flicker", "0.3", *THREADS))
-    episodes = re.findall(r"episode \d+: score (-?\d+), length (\d+)", out)
+    process = cli("eval", str(run_dir), "--episodes", "2", "--n-envs", "2", "--noise", "10", "--flicker", "0.3", *THREADS)
+    out = ok(process)
+    episodes = re.findall(r"episode \d+: score (-?\d+), length (\d+) \(time limit\)", out)
     assert len(episodes) == 2 and all(length == "100" for _, length in episodes)
+    # Both games were cut by the 400-frame limit, not ended by the game: one line says so.
+    assert re.search(r"warning: 2 of 2 episodes did not end but hit the env's time limit", process.stderr)
     mean, std, n = re.search(r"mean score: (-?[\d.]+) \+/- ([\d.]+) over (\d+) episodes", out).groups()
     scores = [float(score) for score, _ in episodes]
     assert float(mean) == pytest.approx(np.mean(scores), abs=0.01) and int(n) == 2
