@@ -116,12 +116,20 @@ class RawScoreMonitor(VecEnvWrapper):
         filename: the CSV to write; None writes nothing (used for the evaluation env, so the
             training and evaluation envs are wrapped alike). An existing file is appended to
             (a resumed run), keeping its header and its time origin.
+        resume_steps: the step count a resumed run restarts from. Games the stopped process
+            finished after its last checkpoint were played by weights that no longer exist,
+            and counting them would shift every later game's step: the rows whose running
+            sum of lengths (the steps trained when the game ended, as readers compute it)
+            exceeds ``resume_steps`` are dropped before appending.
     """
 
-    def __init__(self, venv: VecEnv, filename: Optional[Union[str, Path]] = None, env_id: str = "") -> None:
+    def __init__(
+        self, venv: VecEnv, filename: Optional[Union[str, Path]] = None, env_id: str = "", resume_steps: Optional[int] = None
+    ) -> None:
         super().__init__(venv)
         self.filename = Path(filename) if filename is not None else None
         self.env_id = env_id
+        self.resume_steps = resume_steps
         self._file = None
         self._t_start = time.time()
 
@@ -135,12 +143,29 @@ class RawScoreMonitor(VecEnvWrapper):
                 self._t_start = float(json.loads(header.lstrip("#"))["t_start"])
             except (ValueError, KeyError):
                 pass
+            if self.resume_steps is not None:
+                self._drop_games_after(self.resume_steps)
             self._file = path.open("a")
         else:
             self._file = path.open("w")
             self._file.write("#" + json.dumps({"t_start": self._t_start, "env_id": self.env_id}) + "\n")
             self._file.write("r,l,t\n")
             self._file.flush()
+
+    def _drop_games_after(self, steps: int) -> None:
+        lines = self.filename.read_text().splitlines(keepends=True)
+        kept, trained = lines[:2], 0.0
+        for line in lines[2:]:
+            try:
+                trained += float(line.split(",")[1])
+            except (IndexError, ValueError):
+                continue  # a line cut by a crash
+            if trained > steps:
+                break
+            kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) < len(lines):
+            with atomic_write(self.filename) as tmp:
+                tmp.write_text("".join(kept))
 
     def reset(self) -> Any:
         if self.filename is not None and self._file is None:
@@ -470,7 +495,9 @@ def train(
 
         # A resumed run gets fresh env seeds, so it does not replay the first run's games.
         seed = config.seed + start_steps
-        env = RawScoreMonitor(make_run_env(config, n_envs=n_envs, seed=seed), run_dir / MONITOR_NAME, config.env_id)
+        env = RawScoreMonitor(
+            make_run_env(config, n_envs=n_envs, seed=seed), run_dir / MONITOR_NAME, config.env_id, resume_steps=start_steps
+        )
         opened: list[VecEnv] = [env]
         try:
             tb_dir = str(run_dir / TB_DIR)

@@ -172,6 +172,18 @@ def test_resume_appends_monitor_and_keeps_a_better_best_model(run_dir: Path, tmp
     assert (run / "best_model.zip").read_bytes() == best
 
 
+def test_resume_from_a_checkpoint_drops_the_games_played_after_it(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    rows = monitor_rows(run)
+    assert [row.split(",")[1] for row in rows] == ["100", "100"]  # games ended at steps ~100 and ~200
+    # Back to the 128-step checkpoint: the game that ended after it was played by weights the
+    # resumed run no longer has; the 2 envs then play 64 steps each, too few to end a game.
+    ok(cli("train", "--resume", str(run / "checkpoints" / "model_128_steps.zip"), "--timesteps", "256",
+           "--no-progress-bar", *THREADS))
+    assert monitor_rows(run) == rows[:1]
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_at_the_interrupt_and_exits_130(tmp_path: Path) -> None:
     from agents.train import saved_num_timesteps
