@@ -9,7 +9,9 @@ episodes (a memoryless policy gets about 50).
 
 Pipelines: ``sb3`` (``sb3_contrib.RecurrentPPO``, whole-episode padded sequences) and
 ``ours`` (``agents.RecurrentPPO``, fixed-length chunks). Cores: ``lstm`` (64 units, critic
-LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy``, hidden 64, 4 modules top-2).
+LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy``, hidden 64, 2 layers of 4 modules;
+as in the shipped configs the first layer updates every module and the top layer its best 2:
+``top_k=[4, 2]``; ``--set policy_kwargs.top_k=2`` is the issue's all-sparse core).
 
 Examples::
 
@@ -43,7 +45,7 @@ ALGORITHM_SETTINGS: dict[str, Any] = dict(
 )
 POLICY_SETTINGS: dict[str, dict[str, Any]] = {
     "lstm": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, lstm_hidden_size=64, enable_critic_lstm=True),
-    "brims": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, hidden_size=64, num_modules=4, top_k=2),
+    "brims": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, hidden_size=64, num_modules=4, top_k=[4, 2]),
 }
 POLICY_NAMES = {"lstm": "MlpLstmPolicy", "brims": "MlpBrimsPolicy"}
 
