@@ -110,7 +110,7 @@ def run_analysis(
     npz_path = _write_npz(out_dir, trace)
     _write_tensorboard(out_dir, trace)
     if events is not None:
-        write_events(out_dir, trace, observer, events)
+        write_events(out_dir, trace, observer, events, env)
     return npz_path
 
 

@@ -242,9 +242,26 @@ def event_averages(trace: dict[str, Any], observer: StepObserver, settings: Even
     return arrays
 
 
-def write_events(out_dir: Path, trace: dict[str, Any], observer: StepObserver, settings: EventSettings) -> Path:
-    """Write ``events.npz``, ``events.csv``, the figures and their TensorBoard copies; returns the npz path."""
+def write_events(
+    out_dir: Path, trace: dict[str, Any], observer: StepObserver, settings: EventSettings, env: Optional[Any] = None
+) -> Path:
+    """Write ``events.npz``, ``events.csv``, the figures and their TensorBoard copies; returns the npz path.
+
+    When ``env`` holds a :class:`agents.ram_info.RamRecorder`, also the modules x RAM-variables
+    mutual information: npz keys ``ram_information`` ``(sum N_l, V)`` (bits), ``ram_variables``,
+    ``ram_values`` ``(T, B, V)``, and the figure ``ram_information.png`` / ``events/ram_information``.
+    """
+    from agents.ram_info import find_ram_recorder, module_information
+
     arrays = event_averages(trace, observer, settings)
+    recorder = find_ram_recorder(env) if env is not None else None
+    if recorder is not None:
+        ram = recorder.values(len(trace["episode_start"]))
+        arrays["ram_values"] = ram
+        arrays["ram_variables"] = np.asarray(recorder.names)
+        arrays["ram_game"] = np.asarray(recorder.game)
+        arrays["ram_information"] = module_information([layer["masks"] for layer in trace["layers"]], ram)
+        arrays["num_modules"] = np.asarray([layer["masks"].shape[-1] for layer in trace["layers"]])
     path = out_dir / NPZ_NAME
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **arrays)
@@ -343,6 +360,17 @@ def _write_figures(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
                 fig.savefig(tmp, format="png", dpi=90)
             writer.add_figure(f"events/{kind}", fig, 0, close=True)
             plt.close(fig)
+        if "ram_information" in arrays:
+            from agents.ram_info import information_figure
+
+            fig = information_figure(
+                arrays["ram_information"], arrays["num_modules"].tolist(), tuple(arrays["ram_variables"].tolist()),
+                f"{arrays['ram_game']}: I(module active; RAM variable), {arrays['ram_values'].shape[0]} steps",
+            )
+            with atomic_write(out_dir / "ram_information.png") as tmp:
+                fig.savefig(tmp, format="png", dpi=90)
+            writer.add_figure("events/ram_information", fig, 0, close=True)
+            plt.close(fig)
     finally:
         writer.close()
 
@@ -364,10 +392,11 @@ def event_settings(
     at: Optional[str],
     length: Optional[str],
     level: Optional[float],
+    ram: bool = False,
 ) -> Optional[EventSettings]:
     """The CLI's event options (as typed) checked into settings; None when no event option is given.
 
-    ``--perturb`` implies ``--events`` and needs ``--at`` and ``--length``; ``--at``,
+    ``--perturb`` and ``--ram`` imply ``--events``; ``--perturb`` needs ``--at`` and ``--length``; ``--at``,
     ``--length`` and ``--perturb-level`` need ``--perturb``. Raises ValueError in one line.
     """
     from envs.robustness import BURST_DEFAULTS, check_burst
@@ -376,10 +405,10 @@ def event_settings(
         orphans = [flag for flag, value in (("--at", at), ("--length", length), ("--perturb-level", level)) if value is not None]
         if orphans:
             raise ValueError(f"{', '.join(orphans)} only apply with --perturb {{{', '.join(BURST_DEFAULTS)}}}")
-    if kinds is None and perturb is None:
+    if kinds is None and perturb is None and not ram:
         given = [flag for flag, value in (("--window", window), ("--surprise-threshold", surprise_threshold)) if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --events (or --perturb)")
+            raise ValueError(f"{', '.join(given)} only apply with --events (or --perturb, --ram)")
         return None
     parsed_kinds = parse_event_kinds(kinds if kinds is not None else "all")
     k = DEFAULT_WINDOW if window is None else parse_int("--window", window, 1)

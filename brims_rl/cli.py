@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--length", default=None, metavar="L", help="steps the burst lasts (with --perturb)")
     events.add_argument("--perturb-level", type=float, default=None, metavar="V",
                         help="burst strength: noise sigma (default 64), flicker p (1), occlusion size in pixels (42)")
+    events.add_argument("--ram", action="store_true",
+                        help="Pong, Breakout: mutual information between each module and the ball and paddle "
+                        "positions read from the emulator RAM (ram_information.png; uses the sb3 env backend)")
     analyze.set_defaults(handler=cmd_analyze)
 
     list_envs = commands.add_parser(
@@ -415,12 +418,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from envs.robustness import apply_burst
 
     settings = event_settings(  # bad options fail before the model loads
-        args.events, args.window, args.surprise_threshold, args.perturb, args.at, args.length, args.perturb_level
+        args.events, args.window, args.surprise_threshold, args.perturb, args.at, args.length, args.perturb_level, args.ram
     )
+    backend = {"backend": "sb3"} if args.ram else {}  # the C++ vector env does not expose the RAM
     model, env, run, env_id = load_for_env(
-        args.run, args.env, n_envs=args.n_envs, seed=args.seed, device=args.device, best=args.best, **_robustness(args)
+        args.run, args.env, n_envs=args.n_envs, seed=args.seed, device=args.device, best=args.best,
+        **_robustness(args), **backend,
     )
     try:
+        if args.ram:
+            import envs
+            from agents.ram_info import RamRecorder
+
+            if not envs.is_atari_id(env_id):
+                raise ValueError(f"--ram reads the Atari RAM; {env_id!r} is not an Atari game")
+            env = RamRecorder(env, envs.normalize_game_id(env_id))
         if args.perturb is not None:
             env = apply_burst(env, args.perturb, settings.perturb_at, settings.perturb_length, args.perturb_level, seed=args.seed)
         if getattr(model.policy, "activation_recorder", False) is False:

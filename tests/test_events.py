@@ -208,6 +208,7 @@ def test_burst_refuses_bad_settings():
         (["--perturb", "smear", "--at", "3", "--length", "2"], "--perturb 'smear' is unknown"),
         (["--perturb", "noise", "--at", "3"], "needs --at STEP and --length L"),
         (["--events", "--window", "0"], "--window 0 is invalid"),
+        (["--window", "5"], "--window only apply with --events"),
     ],
 )
 def test_cli_bad_event_options_are_one_line_exit_2(args, named, capsys, tmp_path):
@@ -221,13 +222,14 @@ def test_cli_bad_event_options_are_one_line_exit_2(args, named, capsys, tmp_path
 @pytest.mark.slow
 def test_cli_perturbation_on_pong(tmp_path):
     """A burst of flicker at episode step 5 on Pong: one perturbation event per episode, at
-    exactly that step, and the blanked frame is the largest frame change of the trace."""
+    exactly that step, and the blanked frame is the largest frame change of the trace; with
+    --ram, the modules x RAM variables information image."""
     env = envs.make_env("pong", n_envs=1, seed=0)
     tiny_ppo(env, "CnnBrimsPolicy").save(tmp_path / "model.zip")
     env.close()
     out = tmp_path / "out"
     code = main(["analyze", str(tmp_path / "model.zip"), "--env", "pong", "--max-steps", "14", "--out", str(out),
-                 "--perturb", "flicker", "--at", "5", "--length", "3", "--window", "4"])
+                 "--perturb", "flicker", "--at", "5", "--length", "3", "--window", "4", "--ram"])
     assert code == 0
     events = np.load(out / "events.npz")
     assert events["perturbation_steps"].tolist() == [[5, 0]]
@@ -235,3 +237,47 @@ def test_cli_perturbation_on_pong(tmp_path):
     assert int(np.nanargmax(change)) in (5, 8)  # the frame blanks at 5 and comes back at 8
     assert change[6] == 0 and change[7] == 0
     assert (out / "events_perturbation.png").exists()
+    # --ram: one row per module, one column per Pong variable; a 0/1 variable has at most 1 bit.
+    assert events["ram_variables"].tolist() == ["ball_x", "ball_y", "player_y", "enemy_y"]
+    assert events["ram_values"].shape == (14, 1, 4)
+    information = events["ram_information"]
+    assert information.shape == (sum(TINY_BRIMS["num_modules"]), 4)
+    assert (information >= -1e-12).all() and (information <= 1 + 1e-9).all()
+    assert (out / "ram_information.png").exists()
+
+
+# --- which module tracks what (RAM variables) ------------------------------------------------
+
+
+def test_mutual_information_by_hand():
+    from agents.ram_info import module_information, mutual_information, quantile_bins
+
+    assert mutual_information(np.array([0, 0, 1, 1]), np.array([5, 5, 7, 7])) == pytest.approx(1.0)
+    assert mutual_information(np.array([0, 1, 0, 1]), np.array([5, 5, 7, 7])) == pytest.approx(0.0)
+    # x = y on 3 of 4 equally likely pairs: H(x) + H(y) - H(x, y) = 1 + 0.811 - 1.5.
+    assert mutual_information(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])) == pytest.approx(1 + 0.811278 - 1.5, abs=1e-6)
+    assert quantile_bins(np.array([3, 1, 2, 4, 4, 4]), bins=2).tolist() == [0, 0, 0, 1, 1, 1]  # median 3.5
+    masks = [np.array([[[1, 0]], [[1, 0]], [[0, 1]], [[0, 1]]], dtype=bool)]  # (T=4, B=1, N=2)
+    ram = np.array([[[10, 3]], [[10, 4]], [[20, 3]], [[20, 4]]])  # variable 0 follows module 0
+    np.testing.assert_allclose(module_information(masks, ram, bins=2), [[1.0, 0.0], [1.0, 0.0]], atol=1e-12)
+
+
+def test_ram_recorder_reads_the_players_paddle_on_pong():
+    from agents.ram_info import RAM_ADDRESSES, RamRecorder
+
+    env = RamRecorder(envs.make_env("pong", n_envs=1, seed=0, backend="sb3"), "pong")
+    env.reset()
+    for action in [2] * 12 + [3] * 12:  # Pong: 2 = UP, 3 = DOWN
+        env.step(np.array([action]))
+    paddle = env.values(25)[:, 0, env.names.index("player_y")].astype(int)
+    assert len(env.rows) == 25 and env.names == tuple(RAM_ADDRESSES["pong"])
+    # The player's paddle goes one way under UP and back under DOWN.
+    # (it stops at the wall, so some steps do not move it).
+    up, down = np.diff(paddle[:13]), np.diff(paddle[13:])
+    assert up.sum() != 0 and set(np.sign(up).tolist()) <= {0, int(np.sign(up.sum()))}
+    assert down.sum() != 0 and set(np.sign(down).tolist()) <= {0, -int(np.sign(up.sum()))}
+    env.close()
+    ale = envs.make_env("pong", n_envs=1, seed=0)
+    with pytest.raises(ValueError, match="needs the 'sb3' backend"):
+        RamRecorder(ale, "pong")
+    ale.close()
