@@ -28,7 +28,8 @@ with at least one occurrence) and the same figures in TensorBoard as ``events/<k
 
 Keys of ``events.npz`` (``W = 2K + 1`` offsets, ``N_l`` modules of layer ``l``):
 ``offsets`` int ``(W,)``; ``surprise_threshold`` float; ``kinds`` str; per kind
-``{kind}_steps`` int ``(E, 2)`` the (step, env) of each occurrence; per kind and layer
+``{kind}_steps`` int ``(E, 2)`` the (step, env) of each occurrence; ``frame_change`` float
+``(T, B)`` the surprise measure per step (NaN at episode starts); ``perturb_length`` (0: no burst); per kind and layer
 ``{kind}_layer{l}_{quantity}_{mean|half|n}`` with quantity ``active`` ``(W, N_l)``,
 ``switch`` ``(W,)`` and ``attention`` ``(W, 3)``: the mean, the 95% half-width and the
 number of occurrences averaged.
@@ -230,6 +231,7 @@ def event_averages(trace: dict[str, Any], observer: StepObserver, settings: Even
         "frame_change": change,
         "kinds": np.asarray(kinds),
         "num_layers": np.asarray(len(trace["layers"])),
+        "perturb_length": np.asarray(settings.perturb_length or 0),
     }
     for kind, found in occurrences.items():
         arrays[f"{kind}_steps"] = found
@@ -330,6 +332,9 @@ def event_figure(arrays: dict[str, np.ndarray], kind: str):
                 low, high = np.clip(mean[:, i] - half[:, i], 0, 1), np.clip(mean[:, i] + half[:, i], 0, 1)
                 ax.fill_between(offsets, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
             ax.axvline(0, color="black", linestyle="--", linewidth=1)
+            if kind == "perturbation" and int(arrays["perturb_length"]) > 0:
+                ax.axvspan(-0.5, int(arrays["perturb_length"]) - 0.5, color="grey", alpha=0.15, linewidth=0,
+                           label="burst" if quantity == "switch" else None)
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
             ax.set_title(f"layer {layer}{' (bottom)' if layer == 0 else ' (top)' if layer == layers - 1 else ''}: {titles[row]}", fontsize=10)
@@ -339,7 +344,9 @@ def event_figure(arrays: dict[str, np.ndarray], kind: str):
             if quantity != "switch":
                 ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     note = f"; threshold: mean |frame difference| > {float(arrays['surprise_threshold']):.3g}" if kind == "surprise" else ""
-    fig.suptitle(f"{_LABELS[kind]}: mean over {count} occurrences, 95% band{note}", fontsize=12)
+    band = "95% band" if count > 1 else "no band (one occurrence)"
+    burst = f"; grey: the {int(arrays['perturb_length'])}-step burst" if kind == "perturbation" else ""
+    fig.suptitle(f"{_LABELS[kind]}: mean over {count} occurrence{'s' * (count != 1)}, {band}{note}{burst}", fontsize=12)
     fig.tight_layout()
     return fig
 
