@@ -233,10 +233,10 @@ def event_averages(trace: dict[str, Any], observer: StepObserver, settings: Even
         "num_layers": np.asarray(len(trace["layers"])),
         "perturb_length": np.asarray(settings.perturb_length or 0),
     }
+    per_layer = [layer_step_values(data["masks"], data["attention"], trace["episode_start"]) for data in trace["layers"]]
     for kind, found in occurrences.items():
         arrays[f"{kind}_steps"] = found
-        for layer, data in enumerate(trace["layers"]):
-            values = layer_step_values(data["masks"], data["attention"], trace["episode_start"])
+        for layer, values in enumerate(per_layer):
             for quantity in QUANTITIES:
                 mean, half, n = average(windows(values[quantity], found, settings.window))
                 for suffix, array in (("mean", mean), ("half", half), ("n", n)):
