@@ -36,7 +36,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
-from agents.episodes import play_episodes
+from agents.episodes import StepHook, play_episodes
+from agents.events import EventSettings, StepObserver, write_events
 from agents.run_folder import atomic_write
 from brims_rl.activations import (
     SLOTS,
@@ -65,6 +66,7 @@ def run_analysis(
     out_dir: Union[str, Path],
     deterministic: bool = True,
     max_steps: Optional[int] = None,
+    events: Optional[EventSettings] = None,
 ) -> Path:
     """Play ``n_episodes`` episodes of ``model`` on ``env`` and write the module-activity traces.
 
@@ -103,16 +105,25 @@ def run_analysis(
 
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps={max_steps!r} is invalid: it must be an integer >= 1 or None")
-    trace = _play_and_record(model, env, n_episodes, deterministic, max_steps)
+    observer = StepObserver() if events is not None else None
+    trace = _play_and_record(model, env, n_episodes, deterministic, max_steps, observer)
     npz_path = _write_npz(out_dir, trace)
     _write_tensorboard(out_dir, trace)
+    if events is not None:
+        write_events(out_dir, trace, observer, events, env)
     return npz_path
 
 
 def _play_and_record(
-    model: BaseAlgorithm, env: VecEnv, n_episodes: int, deterministic: bool, max_steps: Optional[int]
+    model: BaseAlgorithm,
+    env: VecEnv,
+    n_episodes: int,
+    deterministic: bool,
+    max_steps: Optional[int],
+    also_on_step: Optional[StepHook] = None,
 ) -> dict[str, Any]:
-    """Play the episodes with a recorder attached; return the host arrays of the trace."""
+    """Play the episodes with a recorder attached (and ``also_on_step`` called after every
+    step); return the host arrays of the trace."""
     recorder = ActivationRecorder()
     actions: list[np.ndarray] = []
     rewards: list[np.ndarray] = []
@@ -128,6 +139,8 @@ def _play_and_record(
         rewards.append(np.asarray(step_rewards, dtype=np.float32).copy())
         dones.append(np.asarray(step_dones, dtype=bool).copy())
         next_start = dones[-1]
+        if also_on_step is not None:
+            also_on_step(obs, step_actions, step_rewards, step_dones, infos)
 
     with model.policy.recording(recorder):
         stats = play_episodes(model, env, n_episodes, deterministic=deterministic, on_step=on_step, max_steps=max_steps)

@@ -56,6 +56,9 @@ _ANALYZE_EXAMPLES = """\
 examples:
   brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 2
   brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --out analysis/pong --flicker 0.5
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --episodes 5 --events            # all event kinds
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --events reward,life_lost --window 30
+  brims-rl analyze runs/ppo_brims_pong_20260101-120000_s0_4242 --perturb flicker --at 200 --length 10
   tensorboard --logdir runs/ppo_brims_pong_20260101-120000_s0_4242/analysis
 """
 
@@ -259,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--n-envs", type=_int_at_least(1), default=1, help="parallel envs")
     analyze.add_argument("--out", default=None, help="output folder (default <run>/analysis)")
     analyze.add_argument("--max-steps", type=_int_at_least(1), default=None, help="stop after this many vector steps")
+    events = analyze.add_argument_group(
+        "event-aligned averages (events.npz, events.csv, events_<kind>.png, TensorBoard events/<kind>)"
+    )
+    events.add_argument("--events", nargs="?", const="all", default=None, metavar="KINDS",
+                        help="average each layer's activity around events: all (default) or a comma list of "
+                        "reward, life_lost, episode_start, surprise, perturbation")
+    events.add_argument("--window", default=None, metavar="K", help="steps before and after each event (default 20)")
+    events.add_argument("--surprise-threshold", type=float, default=None, metavar="X",
+                        help="a surprise is a mean absolute frame change above X (default: mean + 3 std of the run's changes)")
+    events.add_argument("--perturb", default=None, metavar="KIND",
+                        help="a burst of noise, occlusion or flicker in every episode (Atari), analysed as event 'perturbation'")
+    events.add_argument("--at", default=None, metavar="STEP", help="episode step of the burst's first frame (with --perturb)")
+    events.add_argument("--length", default=None, metavar="L", help="steps the burst lasts (with --perturb)")
+    events.add_argument("--perturb-level", type=float, default=None, metavar="V",
+                        help="burst strength: noise sigma (default 64), flicker p (1), occlusion size in pixels (42)")
+    events.add_argument("--ram", action="store_true",
+                        help="Pong, Breakout: mutual information between each module and the ball and paddle "
+                        "positions read from the emulator RAM (ram_information.png; uses the sb3 env backend)")
     analyze.set_defaults(handler=cmd_analyze)
 
     list_envs = commands.add_parser(
@@ -393,11 +414,27 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from agents.analyze import run_analysis
     from agents.evaluate import load_for_env
+    from agents.events import event_settings, summary_lines
+    from envs.robustness import apply_burst
 
+    settings = event_settings(  # bad options fail before the model loads
+        args.events, args.window, args.surprise_threshold, args.perturb, args.at, args.length, args.perturb_level, args.ram
+    )
+    backend = {"backend": "sb3"} if args.ram else {}  # the C++ vector env does not expose the RAM
     model, env, run, env_id = load_for_env(
-        args.run, args.env, n_envs=args.n_envs, seed=args.seed, device=args.device, best=args.best, **_robustness(args)
+        args.run, args.env, n_envs=args.n_envs, seed=args.seed, device=args.device, best=args.best,
+        **_robustness(args), **backend,
     )
     try:
+        if args.ram:
+            import envs
+            from agents.ram_info import RamRecorder
+
+            if not envs.is_atari_id(env_id):
+                raise ValueError(f"--ram reads the Atari RAM; {env_id!r} is not an Atari game")
+            env = RamRecorder(env, envs.normalize_game_id(env_id))
+        if args.perturb is not None:
+            env = apply_burst(env, args.perturb, settings.perturb_at, settings.perturb_length, args.perturb_level, seed=args.seed)
         if getattr(model.policy, "activation_recorder", False) is False:
             raise ValueError(f"{str(run.model_path)!r} has no BRIMs policy ({type(model.policy).__name__}): nothing to analyze")
         if args.out is not None:
@@ -406,10 +443,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             out_dir = run.run_dir / "analysis"
         else:
             out_dir = run.model_path.with_name(f"analysis_{run.model_path.stem}")
-        npz = run_analysis(model, env, args.episodes, out_dir, deterministic=args.deterministic, max_steps=args.max_steps)
+        npz = run_analysis(
+            model, env, args.episodes, out_dir, deterministic=args.deterministic, max_steps=args.max_steps, events=settings
+        )
     finally:
         env.close()
     print(f"Wrote {npz} and TensorBoard events in {out_dir} (env {env_id})")
+    if settings is not None:
+        print(f"Event-aligned averages in {out_dir} (events.npz, events.csv, events_<kind>.png):")
+        for line in summary_lines(out_dir / "events.npz"):
+            print(f"  {line}")
     print(f"  View: tensorboard --logdir {quote(out_dir)}")
     return 0
 

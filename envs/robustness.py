@@ -13,6 +13,9 @@ settings are drawn).
 Each wrapper owns a ``numpy`` Generator seeded by its ``seed`` argument (so runs repeat
 exactly), and :meth:`seed` on the wrapped stack reseeds it too (SB3 models call
 ``env.seed(seed)`` when built with a seed). ``seed=None`` draws fresh entropy.
+
+:func:`apply_burst` corrupts only a window of each episode's steps (a controlled perturbation
+that event-aligned analysis lines up on): :meth:`_FrameCorruption.limit_to_steps`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,32 @@ class _FrameCorruption(VecEnvWrapper):
         self.height, self.width = int(space.shape[1]), int(space.shape[2])
         self._seed_rng(seed)
         self._stack: np.ndarray | None = None  # last returned (corrupted) observations
+        # Episode step of the newest frame per env: 0 for the reset observation, t for the
+        # observation the t-th step returns. Only used when the corruption is limited to a window.
+        self._episode_step = np.zeros(self.num_envs, dtype=np.int64)
+        self.window: tuple[int, int] | None = None  # (first step, length) or None: every step
+
+    def limit_to_steps(self, at: int, length: int) -> "_FrameCorruption":
+        """Corrupt only the observations of episode steps ``at .. at + length - 1`` (step 0 is
+        the observation ``reset`` returns); the rest of every episode stays clean. Returns self."""
+        self.window = check_burst(at, length)
+        return self
+
+    def _in_window(self, episode_steps: np.ndarray) -> np.ndarray:
+        if self.window is None:
+            return np.ones(len(episode_steps), dtype=bool)
+        at, length = self.window
+        return (episode_steps >= at) & (episode_steps < at + length)
+
+    def _corrupt_at(self, frames: np.ndarray, env_indices: np.ndarray, episode_steps: np.ndarray) -> None:
+        """Corrupt those of ``frames`` whose episode step lies in the window (all without one)."""
+        chosen = self._in_window(episode_steps)
+        if chosen.all():
+            self._corrupt(frames, env_indices)
+        elif chosen.any():
+            part = frames[chosen]  # a copy (boolean index): corrupt it, then put it back
+            self._corrupt(part, env_indices[chosen])
+            frames[chosen] = part
 
     def _seed_rng(self, seed: int | None) -> None:
         self.rng = np.random.default_rng(None if seed is None else [int(seed), self._stream])
@@ -67,7 +96,8 @@ class _FrameCorruption(VecEnvWrapper):
         obs = np.array(self.venv.reset())  # own copy: we corrupt in place
         everyone = np.arange(self.num_envs)
         self._new_episodes(everyone)
-        self._corrupt(obs[:, -1], everyone)
+        self._episode_step[:] = 0
+        self._corrupt_at(obs[:, -1], everyone, self._episode_step)
         self._stack = obs
         return obs
 
@@ -76,13 +106,14 @@ class _FrameCorruption(VecEnvWrapper):
         obs = np.array(obs)
         assert self._stack is not None, "reset() must be called before step()"
         done_idx = np.flatnonzero(dones)
+        arriving = self._episode_step + 1  # episode step of the frames this step returns
         # Terminal observations first, while the finished episodes' settings still hold.
         for i in done_idx.tolist():
             terminal = infos[i].get("terminal_observation")
             if terminal is not None:
                 terminal = np.array(terminal)
                 terminal[:-1] = self._stack[i, 1:]
-                self._corrupt(terminal[-1:], np.array([i]))
+                self._corrupt_at(terminal[-1:], np.array([i]), arriving[i : i + 1])
                 infos[i]["terminal_observation"] = terminal
         # Older slots: the history we already corrupted, shifted by one. Envs that just
         # restarted keep what the inner env gives there (the zero padding of a new stack).
@@ -90,7 +121,8 @@ class _FrameCorruption(VecEnvWrapper):
         obs[keep, :-1] = self._stack[keep, 1:]
         if done_idx.size:
             self._new_episodes(done_idx)
-        self._corrupt(obs[:, -1], np.arange(self.num_envs))
+        self._episode_step = np.where(keep, arriving, 0)
+        self._corrupt_at(obs[:, -1], np.arange(self.num_envs), self._episode_step)
         self._stack = obs
         return obs, rewards, dones, infos
 
@@ -259,6 +291,50 @@ def _validate(name: str, kwargs: dict[str, Any]) -> None:
     seed = kwargs.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ValueError(f"{name} seed={seed!r} is invalid: it must be an integer >= 0 or None")
+
+
+def check_burst(at: Any, length: Any) -> tuple[int, int]:
+    """Validate a burst window: ``at`` an integer episode step >= 0, ``length`` an integer >= 1."""
+    for name, value, low in (("at", at, 0), ("length", length, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"burst {name}={value!r} is invalid: it must be an integer >= {low}")
+    return int(at), int(length)
+
+
+# A burst's default strength: every frame blanked; noise that hides small objects (the ball);
+# a fixed black square over a quarter of the 84 x 84 screen.
+BURST_DEFAULTS: dict[str, dict[str, Any]] = {
+    "noise": {"sigma": 64.0},
+    "flicker": {"p": 1.0},
+    "occlusion": {"size": 42, "resample": "episode"},
+}
+
+
+def apply_burst(
+    venv: VecEnv, kind: str, at: int, length: int, level: float | None = None, seed: int | None = 0
+) -> _FrameCorruption:
+    """Wrap ``venv`` in one corruption that acts only on episode steps ``at .. at + length - 1``.
+
+    Args:
+        venv: frame-stack VecEnv, uint8 ``(n_envs, stack, H, W)``.
+        kind: ``"noise"``, ``"flicker"`` or ``"occlusion"``.
+        at: episode step of the first corrupted observation (0: the ``reset`` observation).
+        length: number of corrupted steps (>= 1).
+        level: the kind's main parameter (sigma, p or size); None: :data:`BURST_DEFAULTS`.
+        seed: seed of the corruption's generator.
+
+    Raises:
+        ValueError: an unknown kind, a bad window or level, or observations that are not frame stacks.
+    """
+    if kind not in BURST_DEFAULTS:
+        raise ValueError(f"perturbation {kind!r} is unknown: choose one of {', '.join(BURST_DEFAULTS)}")
+    check_burst(at, length)
+    cls, main_key, _ = _SPECS[kind]
+    kwargs = dict(BURST_DEFAULTS[kind])
+    if level is not None:
+        kwargs[main_key] = int(level) if kind == "occlusion" and float(level).is_integer() else level
+    _validate(kind, kwargs)
+    return cls(venv, seed=seed, **kwargs).limit_to_steps(at, length)
 
 
 def apply_robustness(
