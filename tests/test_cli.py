@@ -351,10 +351,10 @@ def test_analyze_writes_npz_and_tensorboard(run_dir: Path, tmp_path: Path) -> No
     out_dir = tmp_path / "analysis"
     ok(cli("analyze", str(run_dir), "--episodes", "1", "--out", str(out_dir), *THREADS))
     with np.load(out_dir / "analysis.npz") as data:
-        for layer in (0, 1):
+        for layer, top_k in enumerate((6, 4)):  # the configs' top_k [6, 4]
             masks = data[f"layer{layer}_masks"]
             assert masks.shape[1:] == (1, 6) and masks.shape[0] >= 100
-            assert (masks.sum(-1) == 4).all()  # top-4 of 6 active at every step
+            assert (masks.sum(-1) == top_k).all()  # exactly top_k of 6 active at every step
             assert data[f"layer{layer}_attention"].shape == (*masks.shape, 3)
     assert list(out_dir.glob("events.out.tfevents.*"))
     # --max-steps cuts a long analysis short, mid-episode.
