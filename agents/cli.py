@@ -28,7 +28,9 @@ from agents.config import TrainConfig, resolve_config
 from agents.evaluate import evaluate, load_for_env
 from agents.record import record_video
 from agents.registry import ALGOS, POLICIES
-from agents.run_folder import CONFIG_NAME, TB_DIR, RunFolderError, hold_run_dir, new_run_dir, resolve_resume, run_dir_of
+from agents.run_folder import (
+    CONFIG_NAME, TB_DIR, RunFolderError, analysis_dir, hold_run_dir, new_run_dir, resolve_resume, run_dir_of,
+)
 from agents.train import TrainingDiverged, TrainingInterrupted, train
 from brims_rl import __version__
 
@@ -390,12 +392,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         if getattr(model.policy, "activation_recorder", False) is False:
             raise ValueError(f"{str(run.model_path)!r} has no BRIMs policy ({type(model.policy).__name__}): nothing to analyze")
-        if args.out is not None:
-            out_dir = Path(args.out)
-        elif run.run_dir is not None:
-            out_dir = run.run_dir / "analysis"
-        else:
-            out_dir = run.model_path.with_name(f"analysis_{run.model_path.stem}")
+        out_dir = Path(args.out) if args.out is not None else analysis_dir(run.model_path, run.run_dir)
         npz = run_analysis(model, env, args.episodes, out_dir, deterministic=args.deterministic, max_steps=args.max_steps)
     finally:
         env.close()

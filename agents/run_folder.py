@@ -10,6 +10,7 @@ A run folder holds everything one training run wrote::
       evaluations.npz                       timesteps, results (raw scores), ep_lengths per evaluation
       monitor.csv                           one row per finished training episode (raw game score)
       tb/run_1/                             TensorBoard event files (a resumed run continues them)
+      analysis/                             written by ``brims-rl analyze`` (:func:`analysis_dir`)
       .lock                                 locked by the process training in the folder (pid, host, command)
 
 The rules every command follows:
@@ -58,6 +59,7 @@ EVALUATIONS_NAME = "evaluations.npz"
 TB_DIR = "tb"
 TB_LOG_NAME = "run"
 LOCK_NAME = ".lock"
+ANALYSIS_DIR = "analysis"
 _CHECKPOINT_RE = re.compile(r"^model_(\d+)_steps\.zip$")
 
 
@@ -211,6 +213,12 @@ def model_at(path: Union[str, Path], best: bool = False) -> tuple[Path, Optional
     if model_path is None:
         raise FileNotFoundError(f"{str(path)!r} holds no {MODEL_NAME} and no checkpoint yet")
     return model_path, run_dir
+
+
+def analysis_dir(model_path: Path, run_dir: Optional[Path]) -> Path:
+    """Where ``brims-rl analyze`` writes by default: the run's ``analysis/``, or
+    ``analysis_<zip name>`` next to a zip that lies in no run folder."""
+    return run_dir / ANALYSIS_DIR if run_dir is not None else model_path.with_name(f"analysis_{model_path.stem}")
 
 
 def run_dir_of(path: Union[str, Path]) -> Path:
