@@ -2,9 +2,10 @@
 
 Neither Stable-Baselines3 nor sb3-contrib has one. Like SB3's A2C: short rollouts (n_steps
 5), ONE gradient step per rollout on the whole rollout, plain policy-gradient loss (no ratio,
-no clipping), PyTorch's RMSprop (alpha 0.99, eps 1e-5). The recurrent part: every env's
-rollout is one sequence, started from the state the policy had at its first step, with
-episode starts handled inside the core.
+no clipping), PyTorch's RMSprop (alpha 0.99, eps 1e-5). The recurrent part, shared with
+:class:`agents.RecurrentPPO` through :class:`agents.recurrent_base.RecurrentOnPolicyMixin`:
+rollouts carry the recurrent state, and every env's rollout is one sequence, started from
+the state the policy had at its first step, with episode starts handled inside the core.
 
 Why not SB2's TF-like RMSprop (``RMSpropTFLike``, rl-zoo's choice for feed-forward A2C on
 Atari): its running average of squared gradients starts at ONE, so for the first ~1/(1-alpha)
@@ -25,13 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import explained_variance
 
-from agents.recurrent_base import SequenceBufferAlgorithm
+from agents.recurrent_base import RecurrentOnPolicyMixin
 
 
-class RecurrentA2C(SequenceBufferAlgorithm):
+class RecurrentA2C(RecurrentOnPolicyMixin, OnPolicyAlgorithm):
     """A2C with a recurrent policy (``"CnnBrimsPolicy"``, ``"CnnLstmPolicy"``, ... or a class).
 
     Args:
@@ -40,8 +42,8 @@ class RecurrentA2C(SequenceBufferAlgorithm):
         rms_prop_eps: epsilon of the RMSprop (``torch.optim.RMSprop``, alpha 0.99), used
             unless ``policy_kwargs`` names another ``optimizer_class``.
         normalize_advantage: normalise advantages over the rollout (off, as in A2C).
-        Other keyword arguments go to the recurrent base (``policy_kwargs``, ``seed``,
-        ``device``, ``tensorboard_log``, ``verbose``, ...).
+        use_sde, sde_sample_freq, stats_window_size, tensorboard_log, policy_kwargs, verbose,
+            seed, device: as SB3's ``A2C``.
     """
 
     algorithm_name = "RecurrentA2C"
@@ -59,15 +61,16 @@ class RecurrentA2C(SequenceBufferAlgorithm):
         max_grad_norm: float = 0.5,
         rms_prop_eps: float = 1e-5,
         normalize_advantage: bool = False,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        stats_window_size: int = 100,
+        tensorboard_log: Optional[str] = None,
         policy_kwargs: Optional[dict[str, Any]] = None,
-        **kwargs: Any,
+        verbose: int = 0,
+        seed: Optional[int] = None,
+        device: Union[torch.device, str] = "auto",
+        _init_setup_model: bool = True,
     ) -> None:
-        for ppo_only in ("batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl", "sequence_length"):
-            if ppo_only in kwargs:
-                raise ValueError(
-                    f"RecurrentA2C got {ppo_only}={kwargs[ppo_only]!r}: A2C takes one step on the whole rollout, "
-                    f"so {ppo_only} does not apply"
-                )
         policy_kwargs = dict(policy_kwargs or {})
         if "optimizer_class" not in policy_kwargs:
             policy_kwargs["optimizer_class"] = torch.optim.RMSprop
@@ -76,22 +79,28 @@ class RecurrentA2C(SequenceBufferAlgorithm):
                 "alpha": 0.99, "eps": rms_prop_eps, "weight_decay": 0.0, **policy_kwargs.get("optimizer_kwargs", {})
             }
         self.rms_prop_eps = rms_prop_eps
+        self.normalize_advantage = normalize_advantage
         super().__init__(
             policy,
             env,
             learning_rate=learning_rate,
             n_steps=n_steps,
-            batch_size=None,
-            n_epochs=1,
             gamma=gamma,
             gae_lambda=gae_lambda,
             ent_coef=ent_coef,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
-            normalize_advantage=normalize_advantage,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
-            sequence_length=n_steps,
-            **kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+            sequence_length=n_steps,  # one sequence per env and rollout
         )
 
     def train(self) -> None:
@@ -129,7 +138,14 @@ class RecurrentA2C(SequenceBufferAlgorithm):
         if hasattr(self.policy, "log_std"):
             self.logger.record("train/std", np.exp(self.policy.log_std.detach().cpu().numpy()).mean())
 
-    def learn(self, total_timesteps: int, callback=None, log_interval: int = 100, tb_log_name: str = "RecurrentA2C",
-              reset_num_timesteps: bool = True, progress_bar: bool = False):
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 100,
+        tb_log_name: str = "RecurrentA2C",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> "RecurrentA2C":
         return super().learn(total_timesteps, callback=callback, log_interval=log_interval, tb_log_name=tb_log_name,
                              reset_num_timesteps=reset_num_timesteps, progress_bar=progress_bar)

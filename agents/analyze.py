@@ -52,6 +52,7 @@ from brims_rl.activations import (
     write_usage_histogram,
 )
 from brims_rl.policies import BrimsPolicy
+from brims_rl.utils import check_int
 
 NPZ_NAME = "analysis.npz"
 # Long traces are cut into heatmap images of this many steps (TensorBoard's step slider
@@ -96,15 +97,13 @@ def run_analysis(
             f"run_analysis needs a model with a BRIMs policy (CnnBrimsPolicy, MlpBrimsPolicy or "
             f"MultiInputBrimsPolicy), but its policy is {type(policy).__name__}"
         )
-    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ValueError(f"n_episodes={n_episodes!r} is invalid: it must be an integer >= 1")
+    check_int("n_episodes", n_episodes, 1)
+    check_int("max_steps", max_steps, 1, allow_none=True)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir={str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps={max_steps!r} is invalid: it must be an integer >= 1 or None")
     observer = StepObserver() if events is not None else None
     trace = _play_and_record(model, env, n_episodes, deterministic, max_steps, observer)
     npz_path = _write_npz(out_dir, trace)

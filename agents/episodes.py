@@ -15,6 +15,8 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from brims_rl.utils import check_int
+
 # Called after every vector step with (obs_before, actions, rewards, dones, infos).
 StepHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]], None]
 
@@ -66,8 +68,7 @@ def play_episodes(
     Returns:
         :class:`EpisodeStats` with exactly ``n_episodes`` entries unless ``max_steps`` cut it short.
     """
-    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ValueError(f"n_episodes={n_episodes!r} is invalid: it must be an integer >= 1")
+    check_int("n_episodes", n_episodes, 1)
     n_envs = env.num_envs
     targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)], dtype=np.int64)
     counts = np.zeros(n_envs, dtype=np.int64)

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import VecEnv
 
+import envs
 from agents.config import TrainConfig
 from agents.episodes import EpisodeStats, play_episodes
-from agents.run_folder import BEST_MODEL_NAME, CONFIG_NAME, MODEL_NAME, find_run_dir, newest_model
+from agents.loading import load
+from agents.run_folder import CONFIG_NAME, model_at
 
 
 @dataclass
@@ -41,34 +44,18 @@ class EvalResult:
 
 
 def locate_model(path: Union[str, Path], best: bool = False) -> RunModel:
-    """Find the model a path names: a zip, or a run folder's newest model, ``model.zip`` or
-    its latest checkpoint, whichever has trained longer (``best_model.zip`` with ``best``).
+    """The model a path names (:func:`agents.run_folder.model_at`: a zip, or a run folder's
+    newest model, ``best_model.zip`` with ``best``) and the config of the run it belongs to.
 
     Raises:
         FileNotFoundError: nothing usable at ``path``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{str(path)!r}: no such run folder or model zip")
-    run_dir = find_run_dir(path)
+    model_path, run_dir = model_at(path, best=best)
     config = TrainConfig.load(run_dir / CONFIG_NAME) if run_dir is not None else None
-    if path.is_file():
-        return RunModel(path, run_dir, config)
-    if run_dir is None:
-        raise FileNotFoundError(f"{str(path)!r} is a folder without {CONFIG_NAME}: not a run folder of `brims-rl train`")
-    if best:
-        if not (run_dir / BEST_MODEL_NAME).is_file():
-            raise FileNotFoundError(f"{str(path)!r} holds no {BEST_MODEL_NAME} (was evaluation off during training?)")
-        return RunModel(run_dir / BEST_MODEL_NAME, run_dir, config)
-    model_path = newest_model(run_dir)
-    if model_path is None:
-        raise FileNotFoundError(f"{str(path)!r} holds no {MODEL_NAME} and no checkpoint yet")
     return RunModel(model_path, run_dir, config)
 
 
 def _same_env(a: str, b: str) -> bool:
-    import envs
-
     if envs.is_atari_id(a) and envs.is_atari_id(b):
         return envs.normalize_game_id(a) == envs.normalize_game_id(b)
     return a == b
@@ -80,8 +67,6 @@ def env_settings(run: RunModel, env_id: str, model: BaseAlgorithm) -> dict[str, 
     The run's own env settings when ``env_id`` is the run's env; otherwise (another game, or a
     bare zip) only the frame stack, read from the model's observation shape.
     """
-    import envs
-
     if run.config is not None and _same_env(env_id, run.config.env_id):
         settings = run.config.env_kwargs()
         settings.pop("n_envs", None)
@@ -108,11 +93,6 @@ def load_for_env(
     Raises:
         ValueError: no env given and none recorded, or the model does not fit the env.
     """
-    from stable_baselines3.common.utils import check_for_correct_spaces
-
-    import envs
-    from brims_rl import load
-
     run = locate_model(path, best=best)
     if env_id is None:
         if run.config is None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from agents.recurrent_base import SequenceBufferAlgorithm
+import sb3_contrib
+
+from agents.recurrent_base import RecurrentOnPolicyMixin
 
 
-class RecurrentPPO(SequenceBufferAlgorithm):
+class RecurrentPPO(RecurrentOnPolicyMixin, sb3_contrib.RecurrentPPO):
     """sb3-contrib's ``RecurrentPPO`` that also knows the BRIMs policies by name
     (``"CnnBrimsPolicy"``, ``"MlpBrimsPolicy"``, ``"MultiInputBrimsPolicy"``) and trains on
     fixed-length sequences.
@@ -21,9 +23,13 @@ class RecurrentPPO(SequenceBufferAlgorithm):
             give longer credit assignment at a higher cost per update (the core runs that
             many strictly sequential steps per minibatch). None keeps sb3-contrib's buffer
             (whole-episode sequences, padded).
+        refresh_states: before every pass over the rollout but the first, recompute the
+            state each chunk starts from with the current weights (one forward pass over the
+            rollout, no gradient); off keeps the states the policy had while acting.
         Everything else: as ``sb3_contrib.RecurrentPPO``.
 
-    A model saved by this class loads with plain ``sb3_contrib.RecurrentPPO.load`` too.
+    A model saved by this class loads with plain ``sb3_contrib.RecurrentPPO.load`` too. (The
+    same name as sb3-contrib's class, which it extends: ``agents.RecurrentPPO`` is this one.)
     """
 
     algorithm_name = "RecurrentPPO"
@@ -38,3 +44,12 @@ class RecurrentPPO(SequenceBufferAlgorithm):
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, env, *args, sequence_length=sequence_length, refresh_states=refresh_states, **kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        # Checked here, at construction, not after the first rollout (the buffer's get()).
+        if self.sequence_length is not None and self.batch_size is not None and self.batch_size % self.sequence_length:
+            raise ValueError(
+                f"batch_size={self.batch_size}: expected a multiple of sequence_length={self.sequence_length} "
+                "(a minibatch holds whole sequences)"
+            )

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
 
+import envs
 from agents.episodes import EpisodeStats, play_episodes
 from agents.evaluate import load_for_env, locate_model
 from agents.run_folder import atomic_write
+from brims_rl.utils import check_int
 
 VIDEO_FORMATS = (".mp4", ".gif")
 
@@ -49,8 +53,6 @@ class _FrameSink:
     (written at the end)."""
 
     def __init__(self, path: Path, fps: int, shown: Path) -> None:
-        import imageio.v2 as imageio
-
         self.path, self.fps, self.shown, self.n_frames = path, fps, shown, 0
         self._frames: list[np.ndarray] = []
         # ffmpeg's yuv420p needs even sides; Atari screens (210x160) already are. ffmpeg stays
@@ -78,8 +80,6 @@ class _FrameSink:
             if writer is not None:
                 writer.close()
             elif self._frames:
-                import imageio.v3 as iio
-
                 iio.imwrite(self.path, np.stack(self._frames), duration=1000 / self.fps, loop=0)
                 self._frames = []
         except Exception as error:
@@ -137,11 +137,8 @@ def record_video(
         ValueError: bad format or fps, or the model does not fit the env.
         OSError: ``out`` cannot be written (read-only, full disk); no partial file is left.
     """
-    import envs
-
     out = check_video_path(out)
-    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
-        raise ValueError(f"fps={fps!r} is invalid: it must be an integer >= 1")
+    check_int("fps", fps, 1)
     if env_id is None:
         run = locate_model(path, best=best)
         if run.config is None:

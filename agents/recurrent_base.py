@@ -1,4 +1,11 @@
-"""What our recurrent algorithms share: policy names and the fixed-length sequence buffer."""
+"""What our recurrent algorithms share: policy names, the recurrent state carried through the
+rollouts, and the fixed-length sequence buffer.
+
+:class:`RecurrentOnPolicyMixin` goes in front of an SB3 on-policy algorithm:
+``RecurrentPPO(RecurrentOnPolicyMixin, sb3_contrib.RecurrentPPO)`` and
+``RecurrentA2C(RecurrentOnPolicyMixin, OnPolicyAlgorithm)``; each algorithm keeps its own
+constructor and ``train``.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,24 @@ from typing import Any, ClassVar, Optional
 
 import sb3_contrib
 import torch
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.policies import BasePolicy
 
 from agents.sequence_buffer import SequenceRolloutBuffer
 from brims_rl.policies import CnnBrimsPolicy, MlpBrimsPolicy, MultiInputBrimsPolicy
 
 
-class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
-    """sb3-contrib's recurrent on-policy machinery (rollouts carrying the recurrent state,
-    GAE) with our policy names and, when ``sequence_length`` is set, the
-    :class:`SequenceRolloutBuffer` (truncated BPTT in fixed-length chunks).
+class RecurrentOnPolicyMixin:
+    """The recurrent plumbing of an on-policy algorithm whose policy is an sb3-contrib
+    ``RecurrentActorCriticPolicy`` (LSTM or BRIMs core):
+
+    * the policy names ``"CnnBrimsPolicy"``, ``"MlpBrimsPolicy"``, ``"MultiInputBrimsPolicy"``
+      besides sb3-contrib's LSTM ones;
+    * rollouts that carry the recurrent state from step to step and store it with every
+      step (sb3-contrib's rollout loop);
+    * when ``sequence_length`` is set, the :class:`SequenceRolloutBuffer` (truncated BPTT in
+      fixed-length chunks, each starting from its stored state).
 
     Subclasses set ``algorithm_name``; it is saved in the model zip so that
     :func:`brims_rl.load` knows which class wrote it.
@@ -28,6 +43,10 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
         "CnnBrimsPolicy": CnnBrimsPolicy,
         "MultiInputBrimsPolicy": MultiInputBrimsPolicy,
     }
+    # sb3-contrib's rollout loop acts, carries and stores the recurrent state, bootstraps
+    # time limits and computes GAE: nothing in it is PPO's, but it is defined on its
+    # RecurrentPPO. The same function serves every algorithm here (reused, not copied).
+    collect_rollouts = sb3_contrib.RecurrentPPO.collect_rollouts
 
     def __init__(
         self, *args: Any, sequence_length: Optional[int] = None, refresh_states: bool = False, **kwargs: Any
@@ -40,9 +59,20 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        if not isinstance(self.policy, RecurrentActorCriticPolicy):
+            raise ValueError(
+                f"{type(self).__name__} needs a recurrent policy (an sb3-contrib RecurrentActorCriticPolicy such as "
+                f"CnnBrimsPolicy or CnnLstmPolicy), got {type(self.policy).__name__}"
+            )
+        core = self.policy.lstm_actor
+
+        def zeros() -> torch.Tensor:
+            return torch.zeros((core.num_layers, self.n_envs, core.hidden_size), device=self.device)
+
+        # (h, c) of the actor's core and of the critic's, before the first step.
+        self._last_lstm_states = RNNStates((zeros(), zeros()), (zeros(), zeros()))
         if self.sequence_length is None:
             return
-        core = self.policy.lstm_actor
         self.rollout_buffer = SequenceRolloutBuffer(
             self.n_steps,
             self.observation_space,
@@ -56,12 +86,10 @@ class SequenceBufferAlgorithm(sb3_contrib.RecurrentPPO):
         )
         if self.refresh_states:
             self.rollout_buffer.state_refresher = self._refresh_stored_states
-        # Checked here, at construction, not after the first rollout (the buffer's get()).
-        if self.batch_size is not None and self.batch_size % self.sequence_length != 0:
-            raise ValueError(
-                f"batch_size={self.batch_size}: expected a multiple of sequence_length={self.sequence_length} "
-                "(a minibatch holds whole sequences)"
-            )
+
+    def _excluded_save_params(self) -> list[str]:
+        excluded = super()._excluded_save_params()
+        return excluded if "_last_lstm_states" in excluded else [*excluded, "_last_lstm_states"]
 
     @torch.no_grad()
     def _refresh_stored_states(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ A run folder holds everything one training run wrote::
       evaluations.npz                       timesteps, results (raw scores), ep_lengths per evaluation
       monitor.csv                           one row per finished training episode (raw game score)
       tb/run_1/                             TensorBoard event files (a resumed run continues them)
+      analysis/                             written by ``brims-rl analyze`` (:func:`analysis_dir`)
       .lock                                 locked by the process training in the folder (pid, host, command)
 
 The rules every command follows:
@@ -20,7 +21,7 @@ The rules every command follows:
   ``.lock``; the OS drops it when the process ends, however it ends. A second process is
   refused with the holder's pid, host and command (:func:`hold_run_dir`).
 * **newest model**: ``model.zip`` or the latest checkpoint, whichever has trained longer
-  (:func:`newest_model`); eval, record, analyze and ``--resume`` all use it.
+  (:func:`newest_model`); eval, record, analyze (:func:`model_at`) and ``--resume`` all use it.
 * **resume target**: a zip given by the user, else the folder's newest model, else step 0
   (:func:`resolve_resume`).
 * **writes**: every file is written by :func:`atomic_write` (temp file in the same folder,
@@ -42,14 +43,12 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import envs
 from brims_rl.loading import read_model_data
-
-if TYPE_CHECKING:
-    from stable_baselines3.common.base_class import BaseAlgorithm
-
-    from agents.config import TrainConfig
 
 CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.zip"
@@ -60,6 +59,7 @@ EVALUATIONS_NAME = "evaluations.npz"
 TB_DIR = "tb"
 TB_LOG_NAME = "run"
 LOCK_NAME = ".lock"
+ANALYSIS_DIR = "analysis"
 _CHECKPOINT_RE = re.compile(r"^model_(\d+)_steps\.zip$")
 
 
@@ -136,7 +136,7 @@ def _remove(path: Path) -> None:
         pass  # a read-only folder: the temp file could not have been created either
 
 
-def atomic_save(model: "BaseAlgorithm", path: Union[str, Path]) -> Path:
+def atomic_save(model: BaseAlgorithm, path: Union[str, Path]) -> Path:
     """``model.save(path)`` through :func:`atomic_write` (the folder is created if missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +190,37 @@ def find_run_dir(path: Union[str, Path]) -> Optional[Path]:
     return None
 
 
+def model_at(path: Union[str, Path], best: bool = False) -> tuple[Path, Optional[Path]]:
+    """``(model zip, run folder or None)`` that a path names: a zip (and the run it lies in), or a
+    run folder's newest model (``best_model.zip`` with ``best``).
+
+    Raises:
+        FileNotFoundError: nothing usable at ``path``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r}: no such run folder or model zip")
+    run_dir = find_run_dir(path)
+    if path.is_file():
+        return path, run_dir
+    if run_dir is None:
+        raise FileNotFoundError(f"{str(path)!r} is a folder without {CONFIG_NAME}: not a run folder of `brims-rl train`")
+    if best:
+        if not (run_dir / BEST_MODEL_NAME).is_file():
+            raise FileNotFoundError(f"{str(path)!r} holds no {BEST_MODEL_NAME} (was evaluation off during training?)")
+        return run_dir / BEST_MODEL_NAME, run_dir
+    model_path = newest_model(run_dir)
+    if model_path is None:
+        raise FileNotFoundError(f"{str(path)!r} holds no {MODEL_NAME} and no checkpoint yet")
+    return model_path, run_dir
+
+
+def analysis_dir(model_path: Path, run_dir: Optional[Path]) -> Path:
+    """Where ``brims-rl analyze`` writes by default: the run's ``analysis/``, or
+    ``analysis_<zip name>`` next to a zip that lies in no run folder."""
+    return run_dir / ANALYSIS_DIR if run_dir is not None else model_path.with_name(f"analysis_{model_path.stem}")
+
+
 def run_dir_of(path: Union[str, Path]) -> Path:
     """The run folder ``--resume PATH`` names: the folder itself, or the one a zip lies in.
 
@@ -225,18 +256,16 @@ def resolve_resume(path: Union[str, Path]) -> tuple[Path, Optional[Path]]:
 # --------------------------------------------------------------------------- new folders
 
 
-def new_run_dir(config: "TrainConfig", root: Union[str, Path] = "runs") -> Path:
+def new_run_dir(root: Union[str, Path], algo: str, policy: str, env_id: str, seed: int) -> Path:
     """``<root>/<algo>_<policy>_<env>_<YYYYmmdd-HHMMSS>_s<seed>_<pid>`` (a numeric suffix if it exists).
 
     The pid makes the name unique among the processes running now, so runs started together
     (a seed sweep in a shell loop) never share a folder; :func:`hold_run_dir` guards the rest.
     """
-    import envs
-
-    env_name = envs.normalize_game_id(config.env_id) if config.is_atari else config.env_id
+    env_name = envs.normalize_game_id(env_id) if envs.is_atari_id(env_id) else env_id
     slug = re.sub(r"[^A-Za-z0-9]+", "-", env_name).strip("-").lower()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{config.algo}_{config.policy}_{slug}_{stamp}_s{config.seed}_{os.getpid()}"
+    base = Path(root) / f"{algo}_{policy}_{slug}_{stamp}_s{seed}_{os.getpid()}"
     run_dir, n = base, 1
     while run_dir.exists():
         n += 1

@@ -25,7 +25,10 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalC
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+import envs
 from agents.config import TrainConfig
+from agents.loading import load
+from agents.registry import algorithm_class, policy_name
 from agents.run_folder import (  # noqa: F401  (re-exported: public names of this module)
     BEST_MODEL_NAME,
     CHECKPOINT_DIR,
@@ -47,6 +50,7 @@ from agents.run_folder import (  # noqa: F401  (re-exported: public names of thi
     resolve_resume,
     saved_num_timesteps,
 )
+from brims_rl.callbacks import ModuleActivationCallback
 from brims_rl.policies import BrimsPolicy
 
 
@@ -200,8 +204,6 @@ class RawScoreMonitor(VecEnvWrapper):
 
 def make_run_env(config: TrainConfig, n_envs: int, seed: int, **overrides: Any) -> VecEnv:
     """The env a run's config describes, with ``n_envs`` copies (``overrides`` win over the config)."""
-    import envs
-
     kwargs = config.env_kwargs()
     kwargs.pop("n_envs", None)
     kwargs.update(overrides)
@@ -211,41 +213,11 @@ def make_run_env(config: TrainConfig, n_envs: int, seed: int, **overrides: Any) 
 # --------------------------------------------------------------------------- models
 
 
-def policy_name(policy: str, env: VecEnv) -> str:
-    """The SB3 policy name for (``"brims"|"lstm"|"cnn"``, the env's observation space)."""
-    from gymnasium import spaces
-    from stable_baselines3.common.preprocessing import is_image_space
-
-    space = env.observation_space
-    if isinstance(space, spaces.Dict):
-        prefix = "MultiInput"
-    elif is_image_space(space, check_channels=False):
-        prefix = "Cnn"
-    else:
-        prefix = "Mlp"
-    suffix = {"brims": "BrimsPolicy", "lstm": "LstmPolicy", "cnn": "Policy"}[policy]
-    return prefix + suffix
-
-
-def algorithm_class(algo: str, policy: str) -> type[BaseAlgorithm]:
-    """``RecurrentPPO``/``RecurrentA2C`` for recurrent policies, SB3's ``PPO``/``A2C`` for cnn."""
-    from stable_baselines3 import A2C, PPO
-
-    from agents import RecurrentA2C, RecurrentPPO
-
-    return {
-        ("ppo", True): RecurrentPPO,
-        ("a2c", True): RecurrentA2C,
-        ("ppo", False): PPO,
-        ("a2c", False): A2C,
-    }[(algo, policy != "cnn")]
-
-
 def build_model(config: TrainConfig, env: VecEnv, tensorboard_log: Optional[str] = None, verbose: int = 0) -> BaseAlgorithm:
     """A new model for ``config`` on ``env``."""
     cls = algorithm_class(config.algo, config.policy)
     model = cls(
-        policy_name(config.policy, env),
+        policy_name(config.policy, env.observation_space),
         env,
         seed=config.seed,
         device=config.device,
@@ -423,8 +395,6 @@ def _activation_callback(config: TrainConfig) -> Optional[BaseCallback]:
     interval = config.hyperparams.get("activation_log_interval", 0)
     if config.policy != "brims" or not interval:
         return None
-    from brims_rl.callbacks import ModuleActivationCallback
-
     return ModuleActivationCallback(log_interval=interval)
 
 
@@ -504,8 +474,6 @@ def train(
             if resume_from is None:
                 model = build_model(config, env, tensorboard_log=tb_dir, verbose=verbose)
             else:
-                from brims_rl import load
-
                 model = load(resume_from, env=env, device=config.device)
                 model.tensorboard_log = tb_dir  # the run folder may have moved since
                 model.verbose = verbose

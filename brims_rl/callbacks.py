@@ -17,15 +17,11 @@ from brims_rl.activations import (
     write_usage_histogram,
 )
 from brims_rl.policies import BrimsPolicy
+from brims_rl.utils import check_int
 
 # The per-module scalars would swamp SB3's console table; they go to TensorBoard, CSV and JSON.
 _NOT_ON_CONSOLE = ("stdout", "log")
 _TENSORBOARD_ONLY = ("stdout", "log", "json", "csv")
-
-
-def _check_int(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
 
 
 class ModuleActivationCallback(BaseCallback):
@@ -51,8 +47,8 @@ class ModuleActivationCallback(BaseCallback):
     """
 
     def __init__(self, log_interval: int = 1, heatmap_env: int = 0, verbose: int = 0) -> None:
-        _check_int("log_interval", log_interval, 1)
-        _check_int("heatmap_env", heatmap_env, 0)
+        check_int("log_interval", log_interval, 1)
+        check_int("heatmap_env", heatmap_env, 0)
         super().__init__(verbose)
         self.log_interval = log_interval
         self.heatmap_env = heatmap_env

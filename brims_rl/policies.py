@@ -24,6 +24,8 @@ from brims_rl.utils import check_core_kwargs
 CRITIC_CORES = ("shared", "separate", "none")
 # BRIMs arguments the policy takes directly (the input size is the features' width).
 CORE_ARGUMENTS = ("input_size", "hidden_size", "num_layers", "num_modules", "top_k", "cell", "top_down")
+# sb3-contrib's LSTM options that the BRIMs options above replace (refused by name).
+LSTM_ONLY_ARGUMENTS = ("lstm_hidden_size", "n_lstm_layers", "lstm_kwargs", "shared_lstm", "enable_critic_lstm")
 
 # 6 modules of 44 units: as wide as sb3-contrib's default 256-unit LSTM, divisible by 6.
 DEFAULT_HIDDEN_SIZE = 264
@@ -63,7 +65,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         critic_core: str = "shared",
         **kwargs: Any,
     ) -> None:
-        for replaced in ("lstm_hidden_size", "n_lstm_layers", "lstm_kwargs", "shared_lstm", "enable_critic_lstm"):
+        for replaced in LSTM_ONLY_ARGUMENTS:
             if replaced in kwargs:
                 raise ValueError(
                     f"policy_kwargs {replaced!r} does not apply to a BRIMs policy: use hidden_size, "

@@ -19,6 +19,16 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
         raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
 
 
+def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> Optional[int]:
+    """``value`` if it is an integer >= ``low`` (or None, when allowed), else a one-line
+    ValueError naming ``name`` and the rule."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {low}" + (" or None" if allow_none else ""))
+    return value
+
+
 def check_core_kwargs(core_kwargs: Optional[dict[str, Any]], reserved: Iterable[str], owner: str) -> dict[str, Any]:
     """``core_kwargs`` as a dict, refusing keys that ``owner`` sets through its own arguments."""
     core_kwargs = dict(core_kwargs or {})

@@ -1,8 +1,9 @@
 """Environment construction for brims-rl.
 
 * Atari: :func:`make_atari_vec_env` (ale-py's C++ vector env behind :class:`AleVecEnv`, or
-  SB3's ``AtariWrapper`` pipeline), game names via :func:`normalize_game_id`,
-  :func:`list_atari_games`, :func:`is_atari_id`.
+  SB3's ``AtariWrapper`` pipeline), emulated as one :class:`AtariEmulation` says; game names
+  via :func:`normalize_game_id`, :func:`list_atari_games`, :func:`is_atari_id`;
+  :data:`ATARI_ONLY_KEYS`, the arguments only Atari games take.
 * Robustness wrappers: :class:`GaussianNoise`, :class:`Flicker`, :class:`Occlusion`,
   :func:`apply_robustness`.
 * Small memory tasks registered at import: ``BrimsRL/MaskedCartPole-v0``,
@@ -24,9 +25,10 @@ register_tasks()
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
     "make_atari_vec_env": "envs.atari",
-    "normalize_game_id": "envs.atari",
-    "list_atari_games": "envs.atari",
-    "is_atari_id": "envs.atari",
+    "AtariEmulation": "envs.emulation",
+    "normalize_game_id": "envs.games",
+    "list_atari_games": "envs.games",
+    "is_atari_id": "envs.games",
     "AleVecEnv": "envs.ale_vec_env",
     "GaussianNoise": "envs.robustness",
     "Flicker": "envs.robustness",
@@ -34,12 +36,15 @@ _LAZY = {
     "apply_robustness": "envs.robustness",
     "make_vec_env": "envs.factory",
     "make_env": "envs.factory",
+    "ATARI_ONLY_KEYS": "envs.factory",
 }
 
 if TYPE_CHECKING:
     from envs.ale_vec_env import AleVecEnv
-    from envs.atari import is_atari_id, list_atari_games, make_atari_vec_env, normalize_game_id
-    from envs.factory import make_env, make_vec_env
+    from envs.atari import make_atari_vec_env
+    from envs.emulation import AtariEmulation
+    from envs.factory import ATARI_ONLY_KEYS, make_env, make_vec_env
+    from envs.games import is_atari_id, list_atari_games, normalize_game_id
     from envs.robustness import Flicker, GaussianNoise, Occlusion, apply_robustness
 
 
@@ -64,6 +69,8 @@ __all__ = [
     "list_atari_games",
     "is_atari_id",
     "AleVecEnv",
+    "AtariEmulation",
+    "ATARI_ONLY_KEYS",
     "GaussianNoise",
     "Flicker",
     "Occlusion",

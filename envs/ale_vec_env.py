@@ -30,6 +30,7 @@ stacking in C++ worker threads; this class only translates its outputs to SB3's 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +39,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
+from ale_py.vector_env import AtariVectorEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from envs.atari import normalize_game_id
+from envs.emulation import AtariEmulation
+from envs.games import normalize_game_id
 
 # ale-py takes int32 seeds and reads -1 as "do not reseed"; fold any seed into [0, 2**31 - 1).
 _SEED_MODULUS = 2**31 - 1
@@ -67,57 +70,49 @@ class AleVecEnv(VecEnv):
     Args:
         game: any spelling accepted by :func:`envs.normalize_game_id`.
         num_envs: number of emulators.
-        frame_stack: frames per observation.
-        terminal_on_life_loss: ``done`` on every life loss (the game is not restarted).
-        clip_reward: return ``sign(reward)`` from ``step``.
-        sticky_actions: per-frame probability of repeating the previous action.
-        max_episode_frames: time limit of a game in emulator frames (no-op start excluded).
-        noop_max: up to this many no-op frames at the start of each game.
-        frame_skip: emulator frames per agent step.
-        screen_size: side of the square grey frames.
+        emulation: frame stack, life-loss terminals, reward clipping, sticky actions, time
+            limit (emulator frames, no-op start excluded), no-op starts, frame skip, screen
+            size: see :class:`envs.AtariEmulation` (None: its defaults).
         num_threads: C++ worker threads (0: one per core).
         fire_after_life_loss: press FIRE (instead of the agent's action) on the first step
             after a lost life, in games whose action 1 is FIRE.
+        **settings: fields of :class:`envs.AtariEmulation` that replace ``emulation``'s
+            (``AleVecEnv("pong", 8, frame_stack=4)``).
     """
 
     def __init__(
         self,
         game: str,
         num_envs: int,
+        emulation: AtariEmulation | None = None,
         *,
-        frame_stack: int = 4,
-        terminal_on_life_loss: bool = True,
-        clip_reward: bool = True,
-        sticky_actions: float = 0.0,
-        max_episode_frames: int = 108_000,
-        noop_max: int = 30,
-        frame_skip: int = 4,
-        screen_size: int = 84,
         num_threads: int = 0,
         fire_after_life_loss: bool = True,
+        **settings: Any,
     ) -> None:
-        from ale_py.vector_env import AtariVectorEnv
-
+        emulation = dataclasses.replace(emulation or AtariEmulation(), **settings)
         self.game = normalize_game_id(game)
-        self.frame_stack = frame_stack
-        self.terminal_on_life_loss = terminal_on_life_loss
-        self.clip_reward = clip_reward
+        self.emulation = emulation
+        self.frame_stack = emulation.frame_stack
+        self.terminal_on_life_loss = emulation.terminal_on_life_loss
+        self.clip_reward = emulation.clip_reward
+        screen_size = emulation.screen_size
         self._ale = AtariVectorEnv(
             self.game,
             num_envs,
             num_threads=num_threads,
-            max_num_frames_per_episode=max_episode_frames,
-            repeat_action_probability=sticky_actions,
+            max_num_frames_per_episode=emulation.max_episode_steps,
+            repeat_action_probability=emulation.sticky_actions,
             autoreset_mode="SameStep",
             img_height=screen_size,
             img_width=screen_size,
             grayscale=True,
-            stack_num=frame_stack,
-            frameskip=frame_skip,
+            stack_num=emulation.frame_stack,
+            frameskip=emulation.frame_skip,
             maxpool=True,
-            noop_max=noop_max,
+            noop_max=emulation.noop_max,
             episodic_life=False,
-            life_loss_info=terminal_on_life_loss,
+            life_loss_info=emulation.terminal_on_life_loss,
             reward_clipping=False,
             use_fire_reset=True,
         )
@@ -125,7 +120,7 @@ class AleVecEnv(VecEnv):
         # SB3's FireResetEnv rule for "this game waits for FIRE".
         needs_fire = len(self._action_meanings) >= 3 and self._action_meanings[1] == "FIRE"
         self.fire_after_life_loss = fire_after_life_loss and needs_fire
-        observation_space = spaces.Box(0, 255, (frame_stack, screen_size, screen_size), np.uint8)
+        observation_space = spaces.Box(0, 255, (self.frame_stack, screen_size, screen_size), np.uint8)
         action_space = spaces.Discrete(len(self._action_meanings))
 
         # Per-env bookkeeping, all (num_envs,) arrays so a step costs no Python loop over envs.
@@ -134,7 +129,7 @@ class AleVecEnv(VecEnv):
         self._lives = np.zeros(num_envs, dtype=np.int64)
         self._episode_frame = np.zeros(num_envs, dtype=np.int64)
         # Frames received since the stack (re)started; < frame_stack only after a life loss.
-        self._stack_fill = np.full(num_envs, frame_stack, dtype=np.int64)
+        self._stack_fill = np.full(num_envs, self.frame_stack, dtype=np.int64)
         self._fire_next = np.zeros(num_envs, dtype=bool)  # lost a life at the last step
         self._waiting = False
         self._needs_reset = True

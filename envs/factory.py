@@ -8,22 +8,17 @@ and evaluation code treats them alike.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from envs.atari import _check_int, is_atari_id, make_atari_vec_env
+from envs.atari import make_atari_vec_env
+from envs.emulation import check_int
+from envs.games import is_atari_id
 from envs.memory_tasks import TASK_IDS, register_tasks
-
-# make_atari_vec_env's arguments that mean nothing for a small gymnasium task.
-_ATARI_ONLY = frozenset(
-    {
-        "backend", "terminal_on_life_loss", "clip_reward", "sticky_actions", "noise", "flicker",
-        "occlusion", "max_episode_steps", "noop_max", "frame_skip", "screen_size", "num_threads",
-    }
-)
 
 
 def make_vec_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: int = 1, **env_kwargs: Any) -> VecEnv:
@@ -41,16 +36,25 @@ def make_vec_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack
         A ``VecEnv``; observations ``(n_envs, *obs_shape)`` (last axis times ``frame_stack``).
     """
     register_tasks()
-    n_envs = _check_int("n_envs", n_envs, 1, ">= 1")
-    frame_stack = _check_int("frame_stack", frame_stack, 1, ">= 1")
+    n_envs = check_int("n_envs", n_envs, 1, ">= 1")
+    frame_stack = check_int("frame_stack", frame_stack, 1, ">= 1")
     if seed is not None:
-        seed = _check_int("seed", seed, 0, ">= 0 or None")
+        seed = check_int("seed", seed, 0, ">= 0 or None")
     if env_id not in gym.registry:
         raise ValueError(_unknown_env_message(env_id))
     venv = sb3_make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=DummyVecEnv)
     if frame_stack > 1:
         venv = VecFrameStack(venv, n_stack=frame_stack)
     return venv
+
+
+def _named_parameters(function: Any) -> set[str]:
+    return {p.name for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD}
+
+
+# The arguments only Atari games take (make_atari_vec_env's, less those every env takes):
+# the one list that the config and make_env refuse for the small vector-observation tasks.
+ATARI_ONLY_KEYS = frozenset(_named_parameters(make_atari_vec_env) - _named_parameters(make_vec_env))
 
 
 def make_env(env_id: str, n_envs: int = 8, seed: int | None = 0, **kwargs: Any) -> VecEnv:
@@ -71,8 +75,8 @@ def make_env(env_id: str, n_envs: int = 8, seed: int | None = 0, **kwargs: Any) 
     register_tasks()
     if env_id in gym.registry:
         # A shared config may carry Atari settings left at None: drop those, refuse the rest.
-        kwargs = {k: v for k, v in kwargs.items() if not (k in _ATARI_ONLY and v is None)}
-        atari_only = sorted(set(kwargs) & _ATARI_ONLY)
+        kwargs = {k: v for k, v in kwargs.items() if not (k in ATARI_ONLY_KEYS and v is None)}
+        atari_only = sorted(set(kwargs) & ATARI_ONLY_KEYS)
         if atari_only:
             raise ValueError(
                 f"{', '.join(atari_only)} only apply to Atari games, not to {env_id!r} (leave them unset or None)"

@@ -19,7 +19,8 @@ from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecFrameStack, VecTransposeImage
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from envs.atari import v5_env_id
+from envs.emulation import AtariEmulation
+from envs.games import v5_env_id
 
 gym.register_envs(ale_py)
 
@@ -51,36 +52,23 @@ class EpisodeLengthInAgentSteps(VecEnvWrapper):
         return obs, rewards, dones, infos
 
 
-def make_sb3_atari_vec_env(
-    game: str,
-    n_envs: int,
-    *,
-    seed: int | None,
-    frame_stack: int,
-    terminal_on_life_loss: bool,
-    clip_reward: bool,
-    sticky_actions: float,
-    max_episode_frames: int,
-    noop_max: int,
-    frame_skip: int,
-    screen_size: int,
-) -> VecEnv:
-    """SB3 Atari pipeline for a canonical ROM id; arguments as in :func:`envs.make_atari_vec_env`.
+def make_sb3_atari_vec_env(game: str, n_envs: int, emulation: AtariEmulation, *, seed: int | None) -> VecEnv:
+    """SB3 Atari pipeline for a canonical ROM id, emulated as ``emulation`` says.
 
     Returns a ``VecEnv`` of uint8 observations ``(n_envs, frame_stack, screen_size, screen_size)``.
     """
     env_kwargs: dict[str, Any] = dict(
         frameskip=1,  # AtariWrapper's MaxAndSkipEnv does the skipping and max-pooling
-        repeat_action_probability=sticky_actions,  # sticky actions inside the emulator, as on "ale"
+        repeat_action_probability=emulation.sticky_actions,  # sticky actions inside the emulator, as on "ale"
         full_action_space=False,
-        max_num_frames_per_episode=max_episode_frames,
+        max_num_frames_per_episode=emulation.max_episode_steps,
     )
     wrapper_kwargs: dict[str, Any] = dict(
-        noop_max=noop_max,
-        frame_skip=frame_skip,
-        screen_size=screen_size,
-        terminal_on_life_loss=terminal_on_life_loss,
-        clip_reward=clip_reward,
+        noop_max=emulation.noop_max,
+        frame_skip=emulation.frame_skip,
+        screen_size=emulation.screen_size,
+        terminal_on_life_loss=emulation.terminal_on_life_loss,
+        clip_reward=emulation.clip_reward,
     )
     venv = make_atari_env(
         v5_env_id(game),
@@ -92,6 +80,6 @@ def make_sb3_atari_vec_env(
     )
     venv = EpisodeLengthInAgentSteps(venv)
     venv = VecTransposeImage(venv)  # (84, 84, 1) -> (1, 84, 84), terminal observations included
-    if frame_stack > 1:
-        venv = VecFrameStack(venv, n_stack=frame_stack, channels_order="first")
+    if emulation.frame_stack > 1:
+        venv = VecFrameStack(venv, n_stack=emulation.frame_stack, channels_order="first")
     return venv

@@ -36,9 +36,9 @@ TINY = (
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``python -m brims_rl.cli ARGS`` and return the finished process (text output)."""
+    """Run ``python -m agents.cli ARGS`` and return the finished process (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "brims_rl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
 
 
@@ -192,7 +192,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_interrupt_and_exits_130(tmp_path: Path
     # No periodic checkpoint can be written (checkpoint_freq is past the budget) and no
     # evaluation slows the run down: the only checkpoint can come from the interrupt.
     process = subprocess.Popen(
-        [sys.executable, "-m", "brims_rl.cli", "train", "--env", "pong", "--run-dir", str(tmp_path), "--name", "stop",
+        [sys.executable, "-m", "agents.cli", "train", "--env", "pong", "--run-dir", str(tmp_path), "--name", "stop",
          *TINY, "--timesteps", "1000000", "--set", "checkpoint_freq=100000000", "--set", "eval_freq=0", *THREADS],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         # A shell without job control starts background jobs with SIGINT ignored, and Python
@@ -299,7 +299,7 @@ def test_robustness_options_reach_the_env_the_model_plays(command, run_dir: Path
     """--noise / --flicker / --occlusion really wrap the env the command plays on (the real
     ``envs.make_env`` builds it; the test only keeps a reference to what it returned)."""
     import envs
-    from brims_rl.cli import main
+    from agents.cli import main
     from envs.robustness import Flicker, GaussianNoise, Occlusion
 
     built = []
@@ -408,7 +408,7 @@ def test_list_envs() -> None:
 
 
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from brims_rl.cli import main
+    from agents.cli import main
 
     assert "train" in ok(cli("--help"))
     for command in ("train", "eval", "record", "analyze", "list-envs"):

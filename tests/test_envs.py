@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
@@ -696,6 +696,20 @@ def test_make_env_refuses_non_string_ids():
 def test_bad_arguments_are_rejected_by_name(kwargs, named):
     with pytest.raises(ValueError, match=rf"\b{named}="):
         envs.make_atari_vec_env("pong", **kwargs)
+
+
+def test_emulation_settings_are_one_frozen_object() -> None:
+    emulation = envs.AtariEmulation(frame_stack=2, sticky_actions=0.25, max_episode_steps=400)
+    with pytest.raises(FrozenInstanceError):
+        emulation.frame_stack = 4  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"\bframe_skip="):
+        envs.AtariEmulation(frame_skip=0)
+    venv = envs.AleVecEnv("pong", 1, emulation, screen_size=42)  # keywords replace fields
+    try:
+        assert venv.emulation == replace(emulation, screen_size=42)
+        assert venv.reset().shape == (1, 2, 42, 42)
+    finally:
+        venv.close()
 
 
 @pytest.mark.parametrize("kwargs, named", [(dict(n_envs=0), "n_envs"), (dict(frame_stack=-2), "frame_stack"), (dict(seed=1.5), "seed")])

@@ -330,8 +330,10 @@ def test_recurrent_a2c_one_step_per_rollout_and_roundtrip(tmp_path, cartpole_env
     loaded = brims_rl.load(tmp_path / "a2c.zip")
     assert type(loaded) is RecurrentA2C and isinstance(loaded.policy, MlpBrimsPolicy)
     assert np.array_equal(deterministic_actions(loaded, observations, starts), expected)
-    with pytest.raises(ValueError, match=r"batch_size=32: .*does not apply"):
+    # A2C takes one step on the whole rollout: it has no minibatches, and is no PPO.
+    with pytest.raises(TypeError, match="batch_size"):
         RecurrentA2C("MlpBrimsPolicy", cartpole_env, batch_size=32)
+    assert not isinstance(model, sb3_contrib.RecurrentPPO)
 
 
 def test_brims_load_knows_our_algorithms_and_rejects_others(tmp_path, cartpole_env):

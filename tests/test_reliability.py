@@ -47,7 +47,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     """``brims-rl ARGS`` running in the background (text pipes)."""
     return subprocess.Popen(
-        [PYTHON, "-m", "brims_rl.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+        [PYTHON, "-m", "agents.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
     )
 
 
@@ -195,7 +195,7 @@ def test_device_cuda_without_cuda_is_refused(tmp_path: Path) -> None:
     no_gpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a GPU machine too has no CUDA then
     for args in (("train", *TINY, "--timesteps", "64", "--device", "cuda", "--run-dir", str(tmp_path)),
                  ("eval", str(tmp_path / "run"), "--device", "cuda:0")):
-        process = subprocess.run([PYTHON, "-m", "brims_rl.cli", *args], capture_output=True, text=True, env=no_gpu,
+        process = subprocess.run([PYTHON, "-m", "agents.cli", *args], capture_output=True, text=True, env=no_gpu,
                                  timeout=TIMEOUT)
         one_line_error(process, 2, "cuda", "not available")
     assert not list(tmp_path.iterdir())
@@ -334,7 +334,7 @@ def test_divergence_saves_the_last_good_model(tmp_path: Path) -> None:
 
 def main_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """Run ``brims-rl ARGS`` in this process; it must end with exit 2 and one line; return it."""
-    from brims_rl.cli import main
+    from agents.cli import main
 
     threads = torch.get_num_threads()
     try:
@@ -466,7 +466,7 @@ def test_the_wheel_ships_configs_and_trains_from_another_folder(tmp_path: Path) 
 
 
 def test_inference_commands_default_to_one_thread(zips: dict[str, Path], capsys) -> None:
-    from brims_rl.cli import main
+    from agents.cli import main
 
     threads = torch.get_num_threads()
     env = os.environ.pop("OMP_NUM_THREADS", None)
