@@ -220,6 +220,8 @@ ENV_KEYS: dict[str, Validator] = {
 ATARI_ONLY_KEYS = (
     "backend", "terminal_on_life_loss", "clip_reward", "sticky_actions", "max_episode_steps", "noise", "flicker", "occlusion"
 )
+# The Atari-only keys a MinAtar grid takes too (envs.make_minatar_vec_env): its frames are images.
+MINATAR_ENV_KEYS = ("max_episode_steps", "noise", "flicker", "occlusion")
 # Constructor arguments of a non-Atari gymnasium env (``env_kwargs: {delay: 8}`` for CueMemory).
 NON_ATARI_ENV_KEYS: dict[str, Validator] = {"env_kwargs": mapping}
 
@@ -272,6 +274,7 @@ _COMMON_POLICY_KWARGS = (
     "normalize_images",
     "optimizer_class",
     "optimizer_kwargs",
+    "features_extractor_class",
     "features_extractor_kwargs",
     "share_features_extractor",
 )
@@ -292,6 +295,8 @@ POLICY_KWARGS: dict[str, tuple[str, ...]] = {
 }
 ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
 OPTIMIZERS = ("Adam", "AdamW", "RMSprop", "RMSpropTFLike", "SGD")
+# features_extractor_class by name; MinAtarCNN reads MinAtar's 10x10 grids.
+FEATURES_EXTRACTORS = ("NatureCNN", "MinAtarCNN", "FlattenExtractor")
 
 
 def brims_core_kwargs() -> tuple[str, ...]:
@@ -302,9 +307,11 @@ def brims_core_kwargs() -> tuple[str, ...]:
     return tuple(name for name in inspect.signature(BRIMs.__init__).parameters if name not in set_by_policy)
 
 
-def allowed_keys(algo: str, policy: str, atari: bool) -> dict[str, Validator]:
+def allowed_keys(algo: str, policy: str, atari: bool, minatar: bool = False) -> dict[str, Validator]:
     """Every hyperparameter key valid for this (algorithm, policy, env kind), with its check."""
-    env_keys = {k: v for k, v in ENV_KEYS.items() if atari or k not in ATARI_ONLY_KEYS}
+    env_keys = {
+        k: v for k, v in ENV_KEYS.items() if atari or k not in ATARI_ONLY_KEYS or (minatar and k in MINATAR_ENV_KEYS)
+    }
     if not atari:
         env_keys.update(NON_ATARI_ENV_KEYS)
     run_keys = {k: v for k, v in RUN_KEYS.items() if policy == "brims" or k != "activation_log_interval"}
@@ -598,8 +605,10 @@ def validate_hyperparams(hyperparams: dict[str, Any], algo: str, policy: str, en
     Raises:
         ValueError: an unknown key (the message lists the allowed ones) or a bad value.
     """
+    import envs
+
     atari = _is_atari(env_id)
-    allowed = allowed_keys(algo, policy, atari)
+    allowed = allowed_keys(algo, policy, atari, minatar=envs.is_minatar_id(env_id))
     checked: dict[str, Any] = {}
     for key, value in hyperparams.items():
         if key not in allowed:
@@ -678,6 +687,8 @@ def validate_policy_kwargs(policy_kwargs: dict[str, Any], policy: str) -> dict[s
         choice(*CRITIC_CORES)("policy_kwargs.critic_core", checked["critic_core"])
     if "optimizer_class" in checked:
         choice(*OPTIMIZERS)("policy_kwargs.optimizer_class", checked["optimizer_class"])
+    if "features_extractor_class" in checked:
+        choice(*FEATURES_EXTRACTORS)("policy_kwargs.features_extractor_class", checked["features_extractor_class"])
     for key in ("optimizer_kwargs", "features_extractor_kwargs", "lstm_kwargs"):
         if key in checked:
             mapping(f"policy_kwargs.{key}", checked[key])
@@ -711,6 +722,13 @@ def convert_policy_kwargs(policy_kwargs: dict[str, Any]) -> dict[str, Any]:
         converted["activation_fn"] = activations[converted["activation_fn"]]
     if "optimizer_class" in converted:
         converted["optimizer_class"] = optimizers[converted["optimizer_class"]]
+    if "features_extractor_class" in converted:
+        from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
+
+        from brims_rl.extractor import MinAtarCNN
+
+        extractors = dict(NatureCNN=NatureCNN, MinAtarCNN=MinAtarCNN, FlattenExtractor=FlattenExtractor)
+        converted["features_extractor_class"] = extractors[converted["features_extractor_class"]]
     return converted
 
 

@@ -3,7 +3,7 @@
 from brims_rl.activations import ActivationRecorder
 from brims_rl.callbacks import ModuleActivationCallback
 from brims_rl.core import BRIMs, BrimsInfo
-from brims_rl.extractor import BrimsExtractor
+from brims_rl.extractor import BrimsExtractor, MinAtarCNN
 from brims_rl.loading import NotABrimsModelError, load
 from brims_rl.policies import BrimsPolicy, CnnBrimsPolicy, MlpBrimsPolicy, MultiInputBrimsPolicy
 
@@ -13,6 +13,7 @@ __all__ = [
     "BrimsInfo",
     "BrimsExtractor",
     "BrimsPolicy",
+    "MinAtarCNN",
     "CnnBrimsPolicy",
     "MlpBrimsPolicy",
     "ModuleActivationCallback",

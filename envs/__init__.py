@@ -7,6 +7,8 @@
   :func:`apply_robustness`.
 * Small memory tasks registered at import: ``BrimsRL/MaskedCartPole-v0``,
   ``BrimsRL/CueMemory-v0``; :func:`make_vec_env` for them and :func:`make_env` for anything.
+* MinAtar (the ``minatar`` package): ``MinAtar/<Game>-v1`` registered at import,
+  :func:`make_minatar_vec_env`, :func:`is_minatar_id`.
 
 ``import envs`` stays light (gymnasium only): the parts that need stable-baselines3 (and so
 torch) or ale-py load on first use of the name.
@@ -18,8 +20,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from envs.memory_tasks import CUE_MEMORY_ID, MASKED_CARTPOLE_ID, CueMemoryEnv, MaskedCartPoleEnv, register_tasks
+from envs.minatar import MINATAR_IDS, is_minatar_id, register_minatar
 
 register_tasks()
+register_minatar()
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
@@ -34,12 +38,14 @@ _LAZY = {
     "apply_robustness": "envs.robustness",
     "make_vec_env": "envs.factory",
     "make_env": "envs.factory",
+    "make_minatar_vec_env": "envs.minatar",
 }
 
 if TYPE_CHECKING:
     from envs.ale_vec_env import AleVecEnv
     from envs.atari import is_atari_id, list_atari_games, make_atari_vec_env, normalize_game_id
     from envs.factory import make_env, make_vec_env
+    from envs.minatar import make_minatar_vec_env
     from envs.robustness import Flicker, GaussianNoise, Occlusion, apply_robustness
 
 
@@ -72,4 +78,7 @@ __all__ = [
     "MaskedCartPoleEnv",
     "CUE_MEMORY_ID",
     "MASKED_CARTPOLE_ID",
+    "make_minatar_vec_env",
+    "is_minatar_id",
+    "MINATAR_IDS",
 ]
