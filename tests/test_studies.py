@@ -314,24 +314,32 @@ def test_postgres_workers_share_the_grid_and_a_killed_workers_point_is_retried(p
                       set=dict(TINY_SET, eval_freq=256, checkpoint_freq=128))
     study_dir = tmp_path / "pg"
     command = study_cmd(str(spec), "--storage", url, "--dir", str(study_dir), "--heartbeat", "1", *THREADS)
-    workers = {}
-    for _ in range(2):  # started at the same moment
-        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-        workers[worker.pid] = worker
-    # Kill a worker in the middle of a point: after its first checkpoint, before its model.zip.
-    victim, victim_run, deadline = None, None, time.monotonic() + 600
-    while victim is None and time.monotonic() < deadline:
-        for run in sorted((study_dir / "runs").glob("*")) if (study_dir / "runs").is_dir() else []:
-            holder = _lock_holder(run)
-            if holder in workers and list(run.glob("checkpoints/*.zip")) and not (run / "model.zip").exists():
-                victim, victim_run = workers[holder], run
-                break
-        time.sleep(0.2)
-    assert victim is not None, "no worker reached a checkpoint in time"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    (survivor,) = [w for w in workers.values() if w is not victim]
-    out, _ = survivor.communicate(timeout=900)
+    workers, logs = {}, {}
+    for i in range(2):  # started at the same moment
+        with (tmp_path / f"worker{i}.log").open("w") as log:
+            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        workers[worker.pid], logs[worker.pid] = worker, tmp_path / f"worker{i}.log"
+    try:
+        # Kill a worker in the middle of a point: after its first checkpoint, before its model.zip.
+        victim, victim_run, deadline = None, None, time.monotonic() + 1500
+        while victim is None and time.monotonic() < deadline and all(w.poll() is None for w in workers.values()):
+            for run in sorted((study_dir / "runs").glob("*")) if (study_dir / "runs").is_dir() else []:
+                holder = _lock_holder(run)
+                if holder in workers and list(run.glob("checkpoints/*.zip")) and not (run / "model.zip").exists():
+                    victim, victim_run = workers[holder], run
+                    break
+            time.sleep(0.2)
+        assert victim is not None, "no worker was caught mid-point:\n" + "\n".join(p.read_text() for p in logs.values())
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        (survivor,) = [w for w in workers.values() if w is not victim]
+        survivor.wait(timeout=1500)
+    finally:
+        for worker in workers.values():
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    out = logs[survivor.pid].read_text()
     assert survivor.returncode == 0, out
     assert f"{victim_run.name} (retry)" in out
 
