@@ -608,11 +608,17 @@ def work(spec: StudySpec, url: str, study_dir: Path, heartbeat: int = HEARTBEAT_
             log(f"[{os.getpid()}] {point.name}: done, final score {result.score:.3g}")
 
 
-def _worker_process(spec: StudySpec, url: str, study_dir: Path, heartbeat: int, threads: int) -> None:
-    """Entry point of a ``--workers N`` child: its own torch threads, SIGTERM as Ctrl-C."""
-    import torch
+def _set_threads(threads: Optional[int]) -> None:
+    """torch's CPU threads for a worker (None: torch's own choice, e.g. from OMP_NUM_THREADS)."""
+    if threads:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+
+
+def _worker_process(spec: StudySpec, url: str, study_dir: Path, heartbeat: int, threads: Optional[int]) -> None:
+    """Entry point of a ``--workers N`` child: its own torch threads, SIGTERM as Ctrl-C."""
+    _set_threads(threads)
     signal.signal(signal.SIGTERM, _terminated)
     from agents.train import TrainingInterrupted
 
@@ -652,10 +658,11 @@ def run_study(
     study_dir: Optional[Path] = None,
     workers: int = 1,
     heartbeat: int = HEARTBEAT_SECONDS,
-    threads: int = 1,
+    threads: Optional[int] = 1,
     log=print,
 ) -> StudyOutcome:
-    """Create or join the study, then work on it with ``workers`` processes (1: this one)."""
+    """Create or join the study, then work on it with ``workers`` processes (1: this one), each
+    with ``threads`` torch threads (None: torch's default)."""
     study_dir = Path(study_dir or Path("studies") / spec.name)
     url = storage_url or default_storage(study_dir)
     if storage_url is None:
@@ -668,9 +675,7 @@ def run_study(
         return StudyOutcome(status, True, study_dir, hide_password(url))
     log(f"study {spec.name}: {status.line()}; storage {hide_password(url)}; folder {study_dir}")
     if workers == 1:
-        import torch
-
-        torch.set_num_threads(threads)
+        _set_threads(threads)
         status = work(spec, url, study_dir, heartbeat, log)
         return StudyOutcome(status, False, study_dir, hide_password(url), 1 if status.failed else 0)
     context = multiprocessing.get_context("spawn")

@@ -427,6 +427,8 @@ def cmd_list_envs(args: argparse.Namespace) -> int:
     print("\nBrimsRL memory tasks:")
     for task in (envs.CUE_MEMORY_ID, envs.MASKED_CARTPOLE_ID):
         print(f"  {task}")
+    print("\nMinAtar games (10x10 grids; pip install 'brims-rl[minatar]'; -v0: all six actions):")
+    print("  " + "  ".join(envs.MINATAR_IDS))
     print("\nAny other registered gymnasium id (e.g. CartPole-v1) works too.")
     return 0
 
@@ -533,8 +535,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     spec = StudySpec.load(args.spec)
     try:
+        threads = args.threads or (None if "OMP_NUM_THREADS" in os.environ else 1)  # as --threads says
         outcome = run_study(spec, args.storage, Path(args.dir) if args.dir else None, workers=args.workers,
-                            heartbeat=args.heartbeat, threads=args.threads or 1)
+                            heartbeat=args.heartbeat, threads=threads)
     except TrainingInterrupted as stop:
         print(f"\nInterrupted; {stop.run_dir} keeps a checkpoint at {stop.num_timesteps} steps and its point is queued "
               "again: run the same command to continue", file=sys.stderr)

@@ -126,3 +126,10 @@ def test_atari_only_keys_stay_refused_for_vector_tasks() -> None:
     resolve_config("ppo", "cnn", "MinAtar/Asterix-v1", overrides=["noise=20", "occlusion=3", "max_episode_steps=100"])
     with pytest.raises(ValueError, match="Atari games only"):
         resolve_config("ppo", "cnn", "BrimsRL/CueMemory-v0", overrides=["flicker=0.3"])
+
+
+def test_list_envs_names_the_minatar_games(capsys: pytest.CaptureFixture[str]) -> None:
+    from brims_rl.cli import main
+
+    assert main(["list-envs"]) == 0
+    assert set(envs.MINATAR_IDS) <= set(capsys.readouterr().out.split())

@@ -441,3 +441,13 @@ def test_resuming_before_the_last_evaluations_drops_them(tmp_path: Path) -> None
     with np.load(run / "evaluations.npz") as after:
         assert after["timesteps"].tolist() == [64, 128, 192, 256]
         assert after["results"].shape == (4, 2)
+
+
+def test_help_on_the_study_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from brims_rl.cli import main
+
+    for command in ("study", "tune", "report"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"brims-rl {command}" in capsys.readouterr().out.split("examples:")[1]
