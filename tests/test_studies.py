@@ -367,7 +367,6 @@ def test_postgres_workers_share_the_grid_and_a_killed_workers_point_is_retried(p
 # --------------------------------------------------------------------------- tune
 
 
-@pytest.mark.slow
 def test_tune_three_tiny_trials_write_a_config_train_accepts(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"cnn": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
