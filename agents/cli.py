@@ -1,4 +1,4 @@
-"""The ``brims-rl`` command line: train, eval, record, analyze, list-envs.
+"""The ``brims-rl`` command line: train, eval, record, analyze, list-envs, study, tune, report.
 
 Exit codes, each with one line on stderr:
 
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the environments brims-rl knows by name.",
     )
     list_envs.set_defaults(handler=cmd_list_envs)
+    _add_study_commands(commands, formatter)
     return parser
 
 
@@ -452,7 +453,165 @@ def cmd_list_envs(args: argparse.Namespace) -> int:
     print("\nBrimsRL memory tasks:")
     for task in (envs.CUE_MEMORY_ID, envs.MASKED_CARTPOLE_ID):
         print(f"  {task}")
+    print("\nMinAtar games (10x10 grids; pip install 'brims-rl[minatar]'; -v0: all six actions):")
+    print("  " + "  ".join(envs.MINATAR_IDS))
     print("\nAny other registered gymnasium id (e.g. CartPole-v1) works too.")
+    return 0
+
+
+# --------------------------------------------------------------------------- studies, tuning, reports
+
+_STUDY_EXAMPLES = """\
+examples:
+  brims-rl study minatar.yaml --workers 2                      # SQLite in studies/<name>/, 2 processes
+  brims-rl study minatar.yaml --storage postgresql://user:pw@dbhost/brims   # the same on every machine
+  brims-rl report studies/minatar
+
+SPEC.yaml:
+  name: minatar
+  algo: ppo                     # optional (ppo)
+  envs: [MinAtar/Breakout-v1, {env: MinAtar/Breakout-v1, label: Breakout-flicker, set: {flicker: 0.3}}]
+  policies: [brims, lstm, cnn]
+  seeds: [0, 1]
+  timesteps: 500000
+  set: {eval_freq: 50000}       # optional: any key --set accepts
+"""
+
+_TUNE_EXAMPLES = """\
+examples:
+  brims-rl tune --env MinAtar/Breakout-v1 --policy brims --trials 20 --timesteps 200000
+  brims-rl tune --env BrimsRL/CueMemory-v0 --policy lstm --trials 10 --space my_space.yaml
+  brims-rl train --config studies/tune_ppo_brims_minatar-breakout-v1/best_config.yaml --env MinAtar/Breakout-v1 --policy brims
+"""
+
+_REPORT_EXAMPLES = """\
+examples:
+  brims-rl report studies/minatar
+  brims-rl report --storage postgresql://user:pw@dbhost/brims --study-name minatar
+"""
+
+
+def _add_heartbeat_args(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--heartbeat`` and ``--threads`` (1 per worker) of the commands that work on an Optuna study."""
+    from agents.study import GRACE_HEARTBEATS, HEARTBEAT_SECONDS
+
+    parser.add_argument(
+        "--heartbeat", type=_int_at_least(1), default=HEARTBEAT_SECONDS, metavar="SECONDS",
+        help=f"seconds between a worker's heartbeats; a {unit} whose worker misses {GRACE_HEARTBEATS} is run again "
+        f"(default {HEARTBEAT_SECONDS}; give every machine the same)",
+    )
+    _add_threads_arg(parser, default_help="1 per worker")
+
+
+def _add_study_commands(commands: Any, formatter: type) -> None:
+    study = commands.add_parser(
+        "study", help="train a grid of envs x policies x seeds, on one or many machines", epilog=_STUDY_EXAMPLES,
+        formatter_class=formatter,
+        description="Run a grid study (Optuna storage): every worker takes the next point nobody has taken; "
+        "each point is an ordinary run folder under the study folder. Run the same command on more machines "
+        "with the same --storage to share the grid.",
+    )
+    study.add_argument("spec", metavar="SPEC.yaml", help="the study: name, envs, policies, seeds, timesteps, [algo, config, set]")
+    study.add_argument("--storage", default=None, metavar="URL",
+                       help="Optuna storage URL (default: sqlite in the study folder); postgresql://... to share machines")
+    study.add_argument("--workers", type=_int_at_least(1), default=1, metavar="N", help="worker processes on this machine")
+    study.add_argument("--dir", default=None, help="the study folder (default studies/<name>)")
+    _add_heartbeat_args(study, "point")
+    study.set_defaults(handler=cmd_study, default_threads=1)
+
+    tune = commands.add_parser(
+        "tune", help="Optuna hyperparameter search; writes the best trial's config", epilog=_TUNE_EXAMPLES,
+        formatter_class=formatter,
+        description="Search hyperparameters with Optuna (TPE, median pruning on the periodic evaluations). "
+        "Each trial is a run folder; the best trial's settings are written as a config for `train --config`.",
+    )
+    tune.add_argument("--env", required=True, help="env id or Atari game")
+    tune.add_argument("--policy", choices=("brims", "lstm", "cnn"), required=True, help="policy")
+    tune.add_argument("--algo", choices=("ppo", "a2c"), default="ppo", help="algorithm (default ppo)")
+    tune.add_argument("--trials", type=_int_at_least(1), required=True, metavar="N",
+                      help="finished trials the study holds in the end (over all workers and machines)")
+    tune.add_argument("--space", default=None, metavar="FILE", help="YAML search space (default configs/tune_<algo>.yaml)")
+    tune.add_argument("--storage", default=None, metavar="URL", help="Optuna storage URL (default: sqlite in the tune folder)")
+    tune.add_argument("--study-name", default=None, metavar="NAME", help="default tune_<algo>_<policy>_<env>")
+    tune.add_argument("--dir", default=None, help="folder of the trials' run folders and best_config.yaml (default studies/<name>)")
+    tune.add_argument("--timesteps", type=_int_at_least(1), default=None, help="steps per trial")
+    tune.add_argument("--config", default=None, help="YAML config file (default configs/<algo>.yaml)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="fixed config override for every trial (repeatable)")
+    tune.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the trials and of the sampler")
+    _add_heartbeat_args(tune, "trial")
+    tune.set_defaults(handler=cmd_tune, default_threads=1)
+
+    report = commands.add_parser(
+        "report", help="tables with confidence intervals, curves CSV and plots of a study", epilog=_REPORT_EXAMPLES,
+        formatter_class=formatter,
+        description="Write report.md (final score mean, IQM and 95% bootstrap intervals over seeds per env and "
+        "policy), curves.csv and curves_<env>.png into <study>/report/.",
+    )
+    report.add_argument("study_dir", nargs="?", default=None, metavar="STUDY_DIR", help="the study folder")
+    report.add_argument("--storage", default=None, metavar="URL", help="find the study folder through its storage")
+    report.add_argument("--study-name", default=None, metavar="NAME", help="with --storage: the study")
+    report.add_argument("--out", default=None, help="output folder (default <study>/report)")
+    report.set_defaults(handler=cmd_report)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from agents.study import StudySpec, run_study
+    from agents.train import TrainingInterrupted
+
+    spec = StudySpec.load(args.spec)
+    try:
+        threads = args.threads or (None if "OMP_NUM_THREADS" in os.environ else 1)  # as --threads says
+        outcome = run_study(spec, args.storage, Path(args.dir) if args.dir else None, workers=args.workers,
+                            heartbeat=args.heartbeat, threads=threads)
+    except TrainingInterrupted as stop:
+        print(f"\nInterrupted; {stop.run_dir} keeps a checkpoint at {stop.num_timesteps} steps and its point is queued "
+              "again: run the same command to continue", file=sys.stderr)
+        return 128 + stop.signum
+    status = outcome.status
+    if outcome.nothing_to_do:
+        print(f"study {spec.name}: all {status.total} points have already finished ({len(status.complete)} complete, "
+              f"{len(status.failed)} failed); nothing to do")
+    else:
+        print(f"study {spec.name}: {status.line()}")
+    for point, why in sorted(status.failed.items()):
+        print(f"  failed: {point}: {why}", file=sys.stderr)
+    print(f"  Report: brims-rl report {quote(outcome.study_dir)}")
+    return outcome.exit_code
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from agents.tune import TuneSettings, load_space, run_tune
+
+    settings = TuneSettings(
+        env=args.env, policy=args.policy, algo=args.algo, trials=args.trials, timesteps=args.timesteps,
+        overrides=tuple(args.overrides), config_file=args.config, seed=args.seed,
+        space=load_space(args.space, args.policy) if args.space else None,
+    )
+    outcome = run_tune(settings, args.storage, args.study_name, Path(args.dir) if args.dir else None, heartbeat=args.heartbeat)
+    if outcome.nothing_to_do:
+        print(f"tune {outcome.study_name}: the study already holds {outcome.finished} finished trials; nothing to do")
+    if outcome.best_config is None:
+        print(f"tune {outcome.study_name}: no trial completed ({outcome.finished} pruned or failed); no config written",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"tune {outcome.study_name}: best trial {outcome.best_number}, last evaluation {outcome.best_value:.4g}; "
+          f"config: {outcome.best_config}")
+    print(f"  Train: brims-rl train --algo {args.algo} --config {quote(outcome.best_config)} --env {quote(args.env)} "
+          f"--policy {args.policy}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agents.report import report_study
+    from agents.study import grid_study_dir
+
+    if (args.storage is None) == (args.study_dir is None) or (args.storage is not None) != (args.study_name is not None):
+        raise UsageError("give a STUDY_DIR, or --storage URL with --study-name NAME")
+    study_dir = Path(args.study_dir) if args.study_dir else grid_study_dir(args.storage, args.study_name)
+    files = report_study(study_dir, Path(args.out) if args.out else None)
+    print(files.markdown.read_text())
+    print(f"Wrote {files.markdown}, {files.csv}" + "".join(f", {plot}" for plot in files.plots))
     return 0
 
 

@@ -31,7 +31,7 @@ from agents.config_files import (
     select_hyperparams,
 )
 from agents.config_keys import ENV_KEYS, ENV_KWARGS_KEY, RUN_KEYS, validate_hyperparams
-from agents.config_values import ACTIVATIONS, OPTIMIZERS, int_in, make_schedule
+from agents.config_values import ACTIVATIONS, FEATURES_EXTRACTORS, OPTIMIZERS, int_in, make_schedule
 from agents.registry import ALGOS, POLICIES
 from agents.run_folder import atomic_write
 
@@ -93,6 +93,8 @@ class TrainConfig:
                 policy_kwargs["activation_fn"] = ACTIVATIONS[policy_kwargs["activation_fn"]]
             if "optimizer_class" in policy_kwargs:
                 policy_kwargs["optimizer_class"] = OPTIMIZERS[policy_kwargs["optimizer_class"]]
+            if "features_extractor_class" in policy_kwargs:
+                policy_kwargs["features_extractor_class"] = FEATURES_EXTRACTORS[policy_kwargs["features_extractor_class"]]
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from gymnasium.envs.registration import load_env_creator
 import envs
 from agents.config_values import (
     ACTIVATIONS,
+    FEATURES_EXTRACTORS,
     OPTIMIZERS,
     Check,
     boolean,
@@ -54,7 +55,7 @@ _SET_BY_RUN = frozenset({
     "rollout_buffer_class", "rollout_buffer_kwargs",
 })
 # Policy constructor arguments that the algorithm sets (or that YAML cannot give: a class).
-_SET_BY_ALGORITHM = frozenset({"observation_space", "action_space", "lr_schedule", "use_sde", "features_extractor_class"})
+_SET_BY_ALGORITHM = frozenset({"observation_space", "action_space", "lr_schedule", "use_sde"})
 
 # Checks of the values, by key (the same key means the same thing in every constructor).
 CHECKS: dict[str, Check] = {
@@ -100,6 +101,7 @@ CHECKS: dict[str, Check] = {
 POLICY_CHECKS: dict[str, Check] = {
     "activation_fn": choice(*ACTIVATIONS),
     "optimizer_class": choice(*OPTIMIZERS),
+    "features_extractor_class": choice(*FEATURES_EXTRACTORS),
     "critic_core": choice(*CRITIC_CORES),
     "optimizer_kwargs": mapping,
     "features_extractor_kwargs": mapping,
@@ -144,23 +146,25 @@ def brims_core_kwargs() -> tuple[str, ...]:
     return tuple(key for key in constructor_keys(BRIMs) if key not in CORE_ARGUMENTS)
 
 
-def env_keys(atari: bool) -> list[str]:
-    """The env keys: ``envs.make_atari_vec_env``'s arguments for a game, else ``envs.make_vec_env``'s
-    and ``env_kwargs``."""
-    factory = envs.make_atari_vec_env if atari else envs.make_vec_env
+def env_keys(atari: bool, minatar: bool = False) -> list[str]:
+    """The env keys: ``envs.make_atari_vec_env``'s arguments for a game, ``envs.make_minatar_vec_env``'s
+    for a MinAtar game, else ``envs.make_vec_env``'s; the non-Atari kinds take ``env_kwargs`` too."""
+    factory = envs.make_atari_vec_env if atari else envs.make_minatar_vec_env if minatar else envs.make_vec_env
     keys = [key for key in constructor_keys(factory) if key not in _SET_BY_RUN]
     return keys if atari else [*keys, ENV_KWARGS_KEY]
 
 
-# Every env key of either kind: what TrainConfig hands to envs.make_env.
-ENV_KEYS = frozenset(env_keys(atari=True)) | (frozenset(env_keys(atari=False)) - {ENV_KWARGS_KEY})
+# Every env key of any kind: what TrainConfig hands to envs.make_env.
+ENV_KEYS = frozenset(env_keys(atari=True)) | (
+    frozenset(env_keys(atari=False)) | frozenset(env_keys(atari=False, minatar=True))
+) - {ENV_KWARGS_KEY}
 
 
-def allowed_keys(algo: str, policy: str, atari: bool) -> dict[str, Check]:
+def allowed_keys(algo: str, policy: str, atari: bool, minatar: bool = False) -> dict[str, Check]:
     """Every hyperparameter key valid for this (algorithm, policy, env kind), with its check
     (a key without a check passes through as written)."""
     run_keys = [key for key in RUN_KEYS if policy == "brims" or key != "activation_log_interval"]
-    keys = [*env_keys(atari), *run_keys, *algorithm_keys(algo, policy)]
+    keys = [*env_keys(atari, minatar), *run_keys, *algorithm_keys(algo, policy)]
     return {key: RUN_KEYS.get(key) or CHECKS.get(key, as_written) for key in keys}
 
 
@@ -179,7 +183,7 @@ def validate_hyperparams(hyperparams: dict[str, Any], algo: str, policy: str, en
         ValueError: an unknown key (the message lists the allowed ones) or a bad value.
     """
     atari = envs.is_atari_id(env_id)
-    allowed = allowed_keys(algo, policy, atari)
+    allowed = allowed_keys(algo, policy, atari, minatar=envs.is_minatar_id(env_id))
     checked: dict[str, Any] = {}
     for key, value in hyperparams.items():
         if key not in allowed:

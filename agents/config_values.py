@@ -15,13 +15,15 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.utils import LinearSchedule
 
+from brims_rl.extractor import MinAtarCNN
 from envs.robustness import parse_robustness
 
 Check = Callable[[str, Any], Any]
 
-# Names YAML may give for policy_kwargs.activation_fn and .optimizer_class.
+# Names YAML may give for policy_kwargs.activation_fn, .optimizer_class and .features_extractor_class.
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = dict(
     tanh=torch.nn.Tanh, relu=torch.nn.ReLU, elu=torch.nn.ELU, leaky_relu=torch.nn.LeakyReLU, gelu=torch.nn.GELU,
     silu=torch.nn.SiLU,
@@ -29,6 +31,10 @@ ACTIVATIONS: dict[str, type[torch.nn.Module]] = dict(
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = dict(
     Adam=torch.optim.Adam, AdamW=torch.optim.AdamW, RMSprop=torch.optim.RMSprop, RMSpropTFLike=RMSpropTFLike,
     SGD=torch.optim.SGD,
+)
+# MinAtarCNN reads MinAtar's 10x10 grids; NatureCNN is the policies' default on images.
+FEATURES_EXTRACTORS: dict[str, type[BaseFeaturesExtractor]] = dict(
+    NatureCNN=NatureCNN, MinAtarCNN=MinAtarCNN, FlattenExtractor=FlattenExtractor
 )
 
 

@@ -347,14 +347,27 @@ class RunEvalCallback(EvalCallback):
     models: SB3's ``evaluate_policy`` carries their state and, on Atari, counts whole games
     with raw scores (the env reports itself Monitor-wrapped). A resumed run first reads back
     the evaluations already in the run folder, so the file keeps the whole history and the
-    best model is only replaced by a better one.
+    best model is only replaced by a better one. ``resume_steps``: the step count the run
+    restarts from; evaluations after it (made by a stopped process after its last checkpoint,
+    with weights that no longer exist) are dropped, as :class:`RawScoreMonitor` drops games,
+    so the steps evaluated again are not listed twice.
     """
 
-    def __init__(self, eval_env: VecEnv, run_dir: Path, eval_freq_steps: int, n_eval_episodes: int, verbose: int = 0):
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        run_dir: Path,
+        eval_freq_steps: int,
+        n_eval_episodes: int,
+        verbose: int = 0,
+        callback_after_eval: Optional[BaseCallback] = None,
+        resume_steps: int = 0,
+    ):
         # eval_freq=1: SB3 evaluates whenever _on_step lets it; the schedule is ours.
         super().__init__(
             eval_env,
             callback_on_new_best=_SaveBest(run_dir / BEST_MODEL_NAME),
+            callback_after_eval=callback_after_eval,
             n_eval_episodes=n_eval_episodes,
             eval_freq=1,
             deterministic=True,
@@ -367,9 +380,10 @@ class RunEvalCallback(EvalCallback):
         previous = run_dir / EVALUATIONS_NAME
         if previous.is_file():
             with np.load(previous) as data:
-                self.evaluations_timesteps = data["timesteps"].tolist()
-                self.evaluations_results = data["results"].tolist()
-                self.evaluations_length = data["ep_lengths"].tolist()
+                kept = data["timesteps"] <= resume_steps
+                self.evaluations_timesteps = data["timesteps"][kept].tolist()
+                self.evaluations_results = data["results"][kept].tolist()
+                self.evaluations_length = data["ep_lengths"][kept].tolist()
             if self.evaluations_results:
                 self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
 
@@ -398,9 +412,16 @@ def _activation_callback(config: TrainConfig) -> Optional[BaseCallback]:
     return ModuleActivationCallback(log_interval=interval)
 
 
-def build_callbacks(config: TrainConfig, run_dir: Path, eval_seed: int) -> tuple[list[BaseCallback], list[VecEnv]]:
+def build_callbacks(
+    config: TrainConfig,
+    run_dir: Path,
+    eval_seed: int,
+    after_evaluation: Optional[BaseCallback] = None,
+    resume_steps: int = 0,
+) -> tuple[list[BaseCallback], list[VecEnv]]:
     """The divergence guard (first), checkpoint, evaluation and activation callbacks of a run,
-    and the envs they opened."""
+    and the envs they opened. ``after_evaluation`` runs after each evaluation (SB3's
+    ``callback_after_eval``: its ``parent.last_mean_reward`` is the score; False stops training)."""
     settings = config.run_settings()
     opened: list[VecEnv] = []
     guard = DivergenceGuard()
@@ -410,7 +431,12 @@ def build_callbacks(config: TrainConfig, run_dir: Path, eval_seed: int) -> tuple
     if settings.get("eval_freq", 0) > 0:
         eval_env = RawScoreMonitor(make_run_env(config, n_envs=settings.get("n_eval_envs", 1), seed=eval_seed))
         opened.append(eval_env)
-        callbacks.append(RunEvalCallback(eval_env, run_dir, settings["eval_freq"], settings.get("eval_episodes", 5), verbose=1))
+        callbacks.append(
+            RunEvalCallback(
+                eval_env, run_dir, settings["eval_freq"], settings.get("eval_episodes", 5), verbose=1,
+                callback_after_eval=after_evaluation, resume_steps=resume_steps,
+            )
+        )
     activation = _activation_callback(config)
     if activation is not None:
         callbacks.append(activation)
@@ -426,6 +452,7 @@ def train(
     resume_from: Optional[Union[str, Path]] = None,
     progress_bar: bool = True,
     verbose: int = 0,
+    after_evaluation: Optional[BaseCallback] = None,
 ) -> TrainResult:
     """Train ``config`` into ``run_dir`` (layout: :mod:`agents.run_folder`), holding its lock.
 
@@ -439,6 +466,9 @@ def train(
             A run already at its target writes nothing.
         progress_bar: SB3's progress bar.
         verbose: SB3 verbosity of the model (1 prints the training tables).
+        after_evaluation: a callback run after each periodic evaluation (see
+            :func:`build_callbacks`); when it returns False training stops there and the model
+            is saved as for a finished run (``brims-rl tune`` prunes trials this way).
 
     Raises:
         TrainingInterrupted: Ctrl-C (or a signal the caller turned into ``KeyboardInterrupt``),
@@ -478,7 +508,9 @@ def train(
                 model.tensorboard_log = tb_dir  # the run folder may have moved since
                 model.verbose = verbose
             config.save(run_dir / CONFIG_NAME)
-            callbacks, eval_envs = build_callbacks(config, run_dir, eval_seed=seed + 10_000)
+            callbacks, eval_envs = build_callbacks(
+                config, run_dir, eval_seed=seed + 10_000, after_evaluation=after_evaluation, resume_steps=start_steps
+            )
             opened += eval_envs
             # A run restarted from step 0 continues its TensorBoard run too.
             fresh = resume_from is None and not (run_dir / TB_DIR / f"{TB_LOG_NAME}_1").exists()

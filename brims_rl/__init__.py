@@ -12,7 +12,7 @@ from typing import Any
 from brims_rl.activations import ActivationRecorder
 from brims_rl.callbacks import ModuleActivationCallback
 from brims_rl.core import BRIMs, BrimsInfo
-from brims_rl.extractor import BrimsExtractor
+from brims_rl.extractor import BrimsExtractor, MinAtarCNN
 from brims_rl.loading import NotABrimsModelError
 from brims_rl.policies import BrimsPolicy, CnnBrimsPolicy, MlpBrimsPolicy, MultiInputBrimsPolicy
 
@@ -22,6 +22,7 @@ __all__ = [
     "BrimsInfo",
     "BrimsExtractor",
     "BrimsPolicy",
+    "MinAtarCNN",
     "CnnBrimsPolicy",
     "MlpBrimsPolicy",
     "ModuleActivationCallback",

@@ -66,3 +66,28 @@ class BrimsExtractor(BaseFeaturesExtractor):
         codes = self.frame_encoder(frames).view(batch, self.stack, -1).transpose(0, 1)  # (stack, B, F)
         out, _ = self.core(codes)
         return out[-1]
+
+
+class MinAtarCNN(BaseFeaturesExtractor):
+    """The MinAtar paper's encoder (Young & Tian, 2019) for small grids: one 3x3 convolution
+    with 16 channels (stride 1, no padding), ReLU, then a fully connected layer of 128 units, ReLU.
+
+    ``(B, C, H, W)`` (uint8 grids are scaled by SB3 before they arrive) -> ``(B, features_dim)``.
+    NatureCNN's 8x8 stride-4 first layer cannot read a 10x10 grid; this one keeps every cell.
+
+    Args:
+        observation_space: channel-first image Box, at least 3x3.
+        features_dim: width of the fully connected layer.
+        channels: output channels of the convolution.
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 128, channels: int = 16) -> None:
+        if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3 or min(observation_space.shape[1:]) < 3:
+            raise ValueError(f"MinAtarCNN needs channel-first grids (C, H, W) of at least 3x3; got {observation_space}")
+        super().__init__(observation_space, features_dim=features_dim)
+        in_channels, height, width = observation_space.shape
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
+        self.linear = nn.Sequential(nn.Linear(channels * (height - 2) * (width - 2), features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.conv(observations.float()))

@@ -8,6 +8,8 @@
   :func:`apply_robustness`.
 * Small memory tasks registered at import: ``BrimsRL/MaskedCartPole-v0``,
   ``BrimsRL/CueMemory-v0``; :func:`make_vec_env` for them and :func:`make_env` for anything.
+* MinAtar (the ``minatar`` package): ``MinAtar/<Game>-v1`` registered at import,
+  :func:`make_minatar_vec_env`, :func:`is_minatar_id`.
 
 ``import envs`` stays light (gymnasium only): the parts that need stable-baselines3 (and so
 torch) or ale-py load on first use of the name.
@@ -19,8 +21,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from envs.memory_tasks import CUE_MEMORY_ID, MASKED_CARTPOLE_ID, CueMemoryEnv, MaskedCartPoleEnv, register_tasks
+from envs.minatar import MINATAR_IDS, is_minatar_id, register_minatar
 
 register_tasks()
+register_minatar()
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
@@ -37,6 +41,7 @@ _LAZY = {
     "make_vec_env": "envs.factory",
     "make_env": "envs.factory",
     "ATARI_ONLY_KEYS": "envs.factory",
+    "make_minatar_vec_env": "envs.minatar",
 }
 
 if TYPE_CHECKING:
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from envs.emulation import AtariEmulation
     from envs.factory import ATARI_ONLY_KEYS, make_env, make_vec_env
     from envs.games import is_atari_id, list_atari_games, normalize_game_id
+    from envs.minatar import make_minatar_vec_env
     from envs.robustness import Flicker, GaussianNoise, Occlusion, apply_robustness
 
 
@@ -79,4 +85,7 @@ __all__ = [
     "MaskedCartPoleEnv",
     "CUE_MEMORY_ID",
     "MASKED_CARTPOLE_ID",
+    "make_minatar_vec_env",
+    "is_minatar_id",
+    "MINATAR_IDS",
 ]

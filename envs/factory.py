@@ -19,6 +19,7 @@ from envs.atari import make_atari_vec_env
 from envs.emulation import check_int
 from envs.games import is_atari_id
 from envs.memory_tasks import TASK_IDS, register_tasks
+from envs.minatar import is_minatar_id, make_minatar_vec_env
 
 
 def make_vec_env(env_id: str, n_envs: int = 1, seed: int | None = 0, frame_stack: int = 1, **env_kwargs: Any) -> VecEnv:
@@ -61,7 +62,8 @@ def make_env(env_id: str, n_envs: int = 8, seed: int | None = 0, **kwargs: Any) 
     """Build the ``VecEnv`` for any supported id.
 
     Atari names in any spelling (``"pong"``, ``"PongNoFrameskip-v4"``, ``"ALE/Pong-v5"``) go to
-    :func:`envs.make_atari_vec_env` with ``kwargs`` (frame_stack, backend, noise, ...); other
+    :func:`envs.make_atari_vec_env` with ``kwargs`` (frame_stack, backend, noise, ...); MinAtar
+    games (``"MinAtar/Breakout-v1"``) to :func:`envs.make_minatar_vec_env`; other
     registered gymnasium ids go to :func:`make_vec_env` (``kwargs``: frame_stack and the env's
     own constructor arguments; Atari-only arguments must be None or absent).
 
@@ -72,6 +74,8 @@ def make_env(env_id: str, n_envs: int = 8, seed: int | None = 0, **kwargs: Any) 
         raise ValueError(f"env_id must be a string, got {env_id!r}")
     if is_atari_id(env_id):
         return make_atari_vec_env(env_id, n_envs=n_envs, seed=seed, **kwargs)
+    if is_minatar_id(env_id):
+        return make_minatar_vec_env(env_id, n_envs=n_envs, seed=seed, **kwargs)
     register_tasks()
     if env_id in gym.registry:
         # A shared config may carry Atari settings left at None: drop those, refuse the rest.

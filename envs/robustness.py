@@ -1,8 +1,9 @@
 """Observation corruptions for robustness tests: pixel noise, flicker, occlusion.
 
 Each is an SB3 ``VecEnvWrapper`` over a frame-stack ``VecEnv`` (uint8 observations
-``(n_envs, stack, H, W)``, newest frame last: what :func:`envs.make_atari_vec_env` gives on
-either backend). Each corrupts a frame ONCE, when it arrives as the newest slot of the stack;
+``(n_envs, stack * frame_channels, H, W)``, newest frame last: what :func:`envs.make_atari_vec_env`
+gives on either backend, one channel per frame, and :func:`envs.make_minatar_vec_env`, where a
+frame is all the object planes of the grid). Each corrupts a frame ONCE, when it arrives as the newest slot of the stack;
 the older slots are the already-corrupted frames of earlier steps, shifted. So a stack shows a
 consistent history (a blanked frame stays blank as it ages through the stack, as in
 "flickering Pong"), instead of every slot being re-corrupted on every step.
@@ -37,15 +38,22 @@ class _FrameCorruption(VecEnvWrapper):
     # Distinct per subclass so wrappers sharing one seed draw independent streams.
     _stream: int = 0
 
-    def __init__(self, venv: VecEnv, seed: int | None = None) -> None:
+    def __init__(self, venv: VecEnv, seed: int | None = None, frame_channels: int = 1) -> None:
         space = venv.observation_space
         if not (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3):
             raise ValueError(
                 f"{type(self).__name__} needs uint8 frame-stack observations (stack, H, W), "
                 f"got {space}; build the env with envs.make_atari_vec_env"
             )
+        if isinstance(frame_channels, bool) or not isinstance(frame_channels, numbers.Integral) or frame_channels < 1 or (
+            space.shape[0] % frame_channels
+        ):
+            raise ValueError(
+                f"frame_channels={frame_channels!r} is invalid: it must divide the {space.shape[0]} channels of {space}"
+            )
         super().__init__(venv)
         self.height, self.width = int(space.shape[1]), int(space.shape[2])
+        self.frame_channels = int(frame_channels)
         self._seed_rng(seed)
         self._stack: np.ndarray | None = None  # last returned (corrupted) observations
         # Episode step of the newest frame per env: 0 for the reset observation, t for the
@@ -80,7 +88,7 @@ class _FrameCorruption(VecEnvWrapper):
 
     # -- to implement ----------------------------------------------------------------------
     def _corrupt(self, frames: np.ndarray, env_indices: np.ndarray) -> None:
-        """Corrupt ``frames`` (uint8 ``(len(env_indices), H, W)``, newest frames) in place."""
+        """Corrupt ``frames`` (uint8 ``(len(env_indices), frame_channels, H, W)``, newest frames) in place."""
         raise NotImplementedError
 
     def _new_episodes(self, env_indices: np.ndarray) -> None:
@@ -97,7 +105,7 @@ class _FrameCorruption(VecEnvWrapper):
         everyone = np.arange(self.num_envs)
         self._new_episodes(everyone)
         self._episode_step[:] = 0
-        self._corrupt_at(obs[:, -1], everyone, self._episode_step)
+        self._corrupt_at(obs[:, -self.frame_channels :], everyone, self._episode_step)
         self._stack = obs
         return obs
 
@@ -107,22 +115,23 @@ class _FrameCorruption(VecEnvWrapper):
         assert self._stack is not None, "reset() must be called before step()"
         done_idx = np.flatnonzero(dones)
         arriving = self._episode_step + 1  # episode step of the frames this step returns
+        c = self.frame_channels
         # Terminal observations first, while the finished episodes' settings still hold.
         for i in done_idx.tolist():
             terminal = infos[i].get("terminal_observation")
             if terminal is not None:
                 terminal = np.array(terminal)
-                terminal[:-1] = self._stack[i, 1:]
-                self._corrupt_at(terminal[-1:], np.array([i]), arriving[i : i + 1])
+                terminal[:-c] = self._stack[i, c:]
+                self._corrupt_at(terminal[None, -c:], np.array([i]), arriving[i : i + 1])
                 infos[i]["terminal_observation"] = terminal
         # Older slots: the history we already corrupted, shifted by one. Envs that just
         # restarted keep what the inner env gives there (the zero padding of a new stack).
         keep = ~np.asarray(dones, dtype=bool)
-        obs[keep, :-1] = self._stack[keep, 1:]
+        obs[keep, :-c] = self._stack[keep, c:]
         if done_idx.size:
             self._new_episodes(done_idx)
         self._episode_step = np.where(keep, arriving, 0)
-        self._corrupt_at(obs[:, -1], np.arange(self.num_envs), self._episode_step)
+        self._corrupt_at(obs[:, -c:], np.arange(self.num_envs), self._episode_step)
         self._stack = obs
         return obs, rewards, dones, infos
 
@@ -134,13 +143,14 @@ class GaussianNoise(_FrameCorruption):
         venv: frame-stack VecEnv, uint8 ``(n_envs, stack, H, W)``.
         sigma: noise standard deviation in grey levels (>= 0), e.g. 10-40.
         seed: seed of the noise generator.
+        frame_channels: channels per frame (1 on Atari; the object planes of a MinAtar grid).
     """
 
     _stream = 1
 
-    def __init__(self, venv: VecEnv, sigma: float = 10.0, seed: int | None = None) -> None:
+    def __init__(self, venv: VecEnv, sigma: float = 10.0, seed: int | None = None, frame_channels: int = 1) -> None:
         self.sigma = _check_number("noise", "sigma", sigma, 0.0, math.inf, ">= 0")
-        super().__init__(venv, seed)
+        super().__init__(venv, seed, frame_channels)
 
     def _corrupt(self, frames: np.ndarray, env_indices: np.ndarray) -> None:
         noisy = self.rng.standard_normal(frames.shape, dtype=np.float32)
@@ -161,13 +171,14 @@ class Flicker(_FrameCorruption):
         venv: frame-stack VecEnv, uint8 ``(n_envs, stack, H, W)``.
         p: probability in [0, 1] that a frame is blanked (0.5 in the flickering-Pong setup).
         seed: seed of the flicker generator.
+        frame_channels: channels per frame: a blanked frame loses all of them.
     """
 
     _stream = 2
 
-    def __init__(self, venv: VecEnv, p: float = 0.5, seed: int | None = None) -> None:
+    def __init__(self, venv: VecEnv, p: float = 0.5, seed: int | None = None, frame_channels: int = 1) -> None:
         self.p = _check_number("flicker", "p", p, 0.0, 1.0, "in [0, 1]")
-        super().__init__(venv, seed)
+        super().__init__(venv, seed, frame_channels)
 
     def _corrupt(self, frames: np.ndarray, env_indices: np.ndarray) -> None:
         blank = self.rng.random(len(frames)) < self.p
@@ -184,12 +195,15 @@ class Occlusion(_FrameCorruption):
             the blind spot moves and memory can fill it in; ``"episode"``: one position per
             env per episode, a fixed blind spot that hides part of the screen all game.
         seed: seed of the position generator.
+        frame_channels: channels per frame: the patch is cut out of all of them.
     """
 
     _stream = 3
     RESAMPLE = ("step", "episode")
 
-    def __init__(self, venv: VecEnv, size: int = 20, resample: str = "step", seed: int | None = None) -> None:
+    def __init__(
+        self, venv: VecEnv, size: int = 20, resample: str = "step", seed: int | None = None, frame_channels: int = 1
+    ) -> None:
         space = venv.observation_space
         limit = min(int(space.shape[-2]), int(space.shape[-1])) if isinstance(space, spaces.Box) else 1
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size <= limit:
@@ -198,7 +212,7 @@ class Occlusion(_FrameCorruption):
             raise ValueError(f"occlusion resample={resample!r} is invalid: it must be one of {', '.join(map(repr, self.RESAMPLE))}")
         self.size = int(size)
         self.resample = resample
-        super().__init__(venv, seed)
+        super().__init__(venv, seed, frame_channels)
         self._corner = np.zeros((self.num_envs, 2), dtype=np.int64)  # per-episode (row, col)
 
     def _draw(self, n: int) -> np.ndarray:
@@ -213,7 +227,7 @@ class Occlusion(_FrameCorruption):
         corners = self._draw(len(frames)) if self.resample == "step" else self._corner[env_indices]
         s = self.size
         for frame, (row, col) in zip(frames, corners.tolist()):
-            frame[row : row + s, col : col + s] = 0
+            frame[..., row : row + s, col : col + s] = 0
 
 
 def _check_number(group: str, key: str, value: Any, low: float, high: float, allowed: str) -> float:
@@ -343,17 +357,19 @@ def apply_robustness(
     flicker: float | dict[str, Any] | None = None,
     occlusion: int | dict[str, Any] | None = None,
     seed: int | None = 0,
+    frame_channels: int = 1,
 ) -> VecEnv:
     """Wrap ``venv`` in the enabled corruptions (occlusion, then noise, then flicker).
 
     Settings as in :func:`parse_robustness`; each wrapper is seeded with its own ``seed`` key
     if given, else with ``seed`` (the wrappers draw independent streams from one seed).
-    Returns ``venv`` itself when everything is off.
+    ``frame_channels``: channels per frame of the stack (1 on Atari; a MinAtar grid's object
+    planes are one frame). Returns ``venv`` itself when everything is off.
     """
     configs = parse_robustness(noise=noise, flicker=flicker, occlusion=occlusion)
     for name in _ORDER:
         if name in configs:
             kwargs = dict(configs[name])
             kwargs.setdefault("seed", seed)
-            venv = _SPECS[name][0](venv, **kwargs)
+            venv = _SPECS[name][0](venv, frame_channels=frame_channels, **kwargs)
     return venv
