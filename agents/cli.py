@@ -603,8 +603,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agents.report import report_study
-    from agents.study import grid_study_dir
+    from agents.study import grid_study_dir, report_study
 
     if (args.storage is None) == (args.study_dir is None) or (args.storage is not None) != (args.study_name is not None):
         raise UsageError("give a STUDY_DIR, or --storage URL with --study-name NAME")

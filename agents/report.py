@@ -276,20 +276,3 @@ def write_report(curves: Sequence[RunCurve], out_dir: Path, title: str, pending:
 def finished(run_dir: Path) -> bool:
     """A run that reached its target: ``model.zip`` is written only then."""
     return (Path(run_dir) / MODEL_NAME).is_file()
-
-
-def report_study(study_dir: Path, out_dir: Optional[Path] = None) -> ReportFiles:
-    """Report the grid study in ``study_dir`` (its ``study.yaml`` lists the points)."""
-    from agents.study import StudyRecord
-
-    record = StudyRecord.load(study_dir)
-    curves, pending = [], []
-    for point in record.points:
-        run_dir = record.run_dir(point)
-        if finished(run_dir):
-            curves.append(read_curve(point.label, point.policy, point.seed, run_dir, point.timesteps))
-        else:
-            pending.append(point.name)
-    if not curves:
-        raise ValueError(f"study {record.name!r} in {str(study_dir)!r} has no finished run yet ({len(pending)} pending)")
-    return write_report(curves, out_dir or Path(study_dir) / REPORT_DIR, f"Study {record.name}", pending)

@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import yaml
 
-from agents.config import ALGORITHMS, POLICIES, TrainConfig, resolve_config
-from agents.report import final_score, read_monitor, slug
+from agents.config import TrainConfig, resolve_config
+from agents.registry import ALGOS, POLICIES
+from agents.report import REPORT_DIR, ReportFiles, final_score, finished, read_curve, read_monitor, slug, write_report
 from agents.run_folder import CONFIG_NAME, RunFolderError, atomic_write, hold_run_dir
 
 if TYPE_CHECKING:
@@ -154,8 +155,8 @@ class StudySpec:
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise StudyError(f"{where}: name {name!r} must be a non-empty string without '/' (it names the study's folder)")
         algo = raw.get("algo", "ppo")
-        if algo not in ALGORITHMS:
-            raise StudyError(f"{where}: algo {algo!r} is not one of {', '.join(ALGORITHMS)}")
+        if algo not in ALGOS:
+            raise StudyError(f"{where}: algo {algo!r} is not one of {', '.join(ALGOS)}")
         policies = _list(raw["policies"], "policies", where)
         for policy in policies:
             if policy not in POLICIES:
@@ -720,3 +721,18 @@ def grid_study_dir(url: str, name: str) -> Path:
         raise StudyError(f"study {name!r}: its folder {str(study_dir)!r} is not on this machine; "
                          "give the folder holding its run folders as STUDY_DIR")
     return study_dir
+
+
+def report_study(study_dir: Path, out_dir: Optional[Path] = None) -> ReportFiles:
+    """Report the grid study in ``study_dir`` (its ``study.yaml`` lists the points)."""
+    record = StudyRecord.load(study_dir)
+    curves, pending = [], []
+    for point in record.points:
+        run_dir = record.run_dir(point)
+        if finished(run_dir):
+            curves.append(read_curve(point.label, point.policy, point.seed, run_dir, point.timesteps))
+        else:
+            pending.append(point.name)
+    if not curves:
+        raise ValueError(f"study {record.name!r} in {str(study_dir)!r} has no finished run yet ({len(pending)} pending)")
+    return write_report(curves, out_dir or Path(study_dir) / REPORT_DIR, f"Study {record.name}", pending)

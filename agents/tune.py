@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 import yaml
 
-from agents.config import CONFIG_DIR, POLICIES, TrainConfig, resolve_config
+from agents.config import TrainConfig, resolve_config
+from agents.config_files import CONFIG_DIR
+from agents.registry import POLICIES
 from agents.report import slug
 from agents.run_folder import CONFIG_NAME, EVALUATIONS_NAME, atomic_write
 from agents.study import StudyError, default_storage, hide_password, open_storage, quiet_experimental, read_yaml, set_string

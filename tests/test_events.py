@@ -23,7 +23,7 @@ from agents.events import (
     parse_event_kinds,
     windows,
 )
-from brims_rl.cli import main
+from agents.cli import main
 from envs.robustness import apply_burst
 
 CUE = "BrimsRL/CueMemory-v0"

@@ -129,7 +129,7 @@ def test_atari_only_keys_stay_refused_for_vector_tasks() -> None:
 
 
 def test_list_envs_names_the_minatar_games(capsys: pytest.CaptureFixture[str]) -> None:
-    from brims_rl.cli import main
+    from agents.cli import main
 
     assert main(["list-envs"]) == 0
     assert set(envs.MINATAR_IDS) <= set(capsys.readouterr().out.split())

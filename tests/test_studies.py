@@ -443,7 +443,7 @@ def test_resuming_before_the_last_evaluations_drops_them(tmp_path: Path) -> None
 
 
 def test_help_on_the_study_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    from brims_rl.cli import main
+    from agents.cli import main
 
     for command in ("study", "tune", "report"):
         with pytest.raises(SystemExit) as exit_info:
