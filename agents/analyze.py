@@ -207,7 +207,9 @@ def _write_tensorboard(out_dir: Path, trace: dict[str, Any]) -> None:
                 series.write(layer, steps["active_frac"][t], steps["attention"][t], t)
             summary = data["summary"]
             write_usage_histogram(writer, layer_tag(layer, "activation_frequency"), summary.usage_counts, 0)
-            coactivation = coactivation_figure(summary.coactivation, title=f"layer {layer} · co-activation")
+            coactivation = coactivation_figure(
+                summary.coactivation, title=f"layer {layer} · P(mi and mj updated at the same step)"
+            )
             writer.add_image(layer_tag(layer, "coactivation"), coactivation, 0, dataformats="HWC")
             env0_mask = data["masks"][:, 0]
             for first in range(0, len(env0_mask), HEATMAP_STEPS):

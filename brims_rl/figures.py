@@ -245,11 +245,13 @@ def usage_layout(num_modules: int, rollouts: int) -> GridLayout:
 
 
 def coactivation_layout(num_modules: int) -> GridLayout:
-    cell = float(np.clip(200 / num_modules, 8, 32))
+    # About 215 logical px tall for 6 modules: TensorBoard's card box height, so the figure
+    # is shown near its logical size.
+    cell = float(np.clip(168 / num_modules, 8, 28))
     side = cell * num_modules
     width = max(WIDTH, LEFT + side + 80)
-    grid = Box(LEFT + (width - LEFT - side - 80) / 2, TITLE + GAP + 18, side, side)
-    return GridLayout(width, grid.top + side + 26, grid, num_modules, num_modules)
+    grid = Box(LEFT + (width - LEFT - side - 80) / 2, TITLE + GAP + 16, side, side)
+    return GridLayout(width, grid.top + side + 8, grid, num_modules, num_modules)
 
 
 def usage_figure(steps: np.ndarray, active_frac: np.ndarray, title: str = "") -> np.ndarray:
@@ -307,7 +309,7 @@ def coactivation_figure(coactivation: np.ndarray, title: str = "") -> np.ndarray
 
     Args:
         coactivation: ``(N, N)`` in [0, 1]; the diagonal is each module's active fraction.
-        title: drawn above the matrix.
+        title: drawn above the matrix (say what a cell is: there is no other caption).
 
     Returns:
         uint8 ``(H, W, 3)`` RGB laid out as :func:`coactivation_layout` says: labelled rows
@@ -347,10 +349,6 @@ def coactivation_figure(coactivation: np.ndarray, title: str = "") -> np.ndarray
     bar = figure.colorbar(image, cax=bar_axes)
     bar.set_ticks([0.0, 0.5, 1.0], labels=["never", "0.5", "always"], fontsize=FONT - 1)
     figure.text(6 / width, 1 - 14 / height, title, fontsize=FONT + 1, fontweight="bold", ha="left")
-    figure.text(
-        0.5, 6 / height, "cell (i, j): P(mi and mj updated at the same step)", fontsize=FONT - 0.5, ha="center",
-        color="#444444",
-    )
     return _render(figure)
 
 

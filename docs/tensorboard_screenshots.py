@@ -2,7 +2,7 @@
 
     python docs/tensorboard_screenshots.py runs/ppo_brims_pong_<time>_s0_<pid> --out docs/
 
-starts ``tensorboard`` on the run folder, opens its pages in Debian's system Chromium
+starts ``tensorboard`` on the run's ``tb/`` folder (then on its ``analysis/``), opens its pages in Debian's system Chromium
 (driven by playwright, never a browser that playwright downloads) at 1600 x 1000 CSS px,
 and writes the README's screenshots: ``tb_heatmaps.png`` (Time Series, the heatmap cards
 as TensorBoard's default thumbnails), ``tb_module_usage.png``, ``tb_custom_scalars.png``
@@ -199,7 +199,7 @@ def custom_scalar_charts(page, url: str, count: int, timeout: float = 240) -> li
     page.goto(f"{url}/#custom_scalars&_smoothingWeight=0")
     script = """
     () => { const deep = %s;
-      return deep(document, 'tf-category-paneview').flatMap((pane) =>
+      return deep(document, 'tf-category-paginated-view').flatMap((pane) =>
         deep(pane, 'tf-custom-scalar-multi-line-chart-card').map((card) => ({
           title: card.title,
           category: pane.category ? pane.category.name : '',
@@ -224,15 +224,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="folder for the PNGs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    with serve_tensorboard(args.run) as board, chromium_page() as page:
-        for name, tag_filter in (("heatmaps", "activation_heatmap"), ("module_usage", "module_usage"),
-                                 ("coactivation", "coactivation")):
-            if image_cards(page, board.url, tag_filter, count=2):
-                time.sleep(2)  # the thumbnails' fade-in
-                page.screenshot(path=str(args.out / f"tb_{name}.png"))
+    training = args.run / "tb"
+    with serve_tensorboard(training if training.is_dir() else args.run) as board, chromium_page() as page:
+        for name, tag_filter in (("heatmaps", "activation_heatmap"), ("module_usage", "module_usage")):
+            image_cards(page, board.url, tag_filter, count=2)
+            time.sleep(2)  # the thumbnails' fade-in
+            page.screenshot(path=str(args.out / f"tb_{name}.png"))
         custom_scalar_charts(page, board.url, count=6)
-        time.sleep(2)
+        # TensorBoard's default clips lines it judges outliers; show every line whole.
+        page.get_by_text("Ignore outliers in chart scaling").click()
+        time.sleep(3)
         page.screenshot(path=str(args.out / "tb_custom_scalars.png"), full_page=True)
+    analysis = args.run / "analysis"
+    if analysis.is_dir():
+        with serve_tensorboard(analysis) as board, chromium_page() as page:
+            image_cards(page, board.url, "coactivation", count=2)
+            time.sleep(2)
+            page.screenshot(path=str(args.out / "tb_coactivation.png"))
     print(f"wrote the screenshots to {args.out}")
     return 0
 
