@@ -9,11 +9,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import queue
 import re
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
