@@ -42,22 +42,23 @@ from agents.run_folder import atomic_write
 from brims_rl.activations import (
     SLOTS,
     ActivationRecorder,
-    activation_heatmap,
-    coactivation_image,
+    SeriesRuns,
     custom_scalars_layout,
+    has_top_down,
     layer_scalars,
     layer_tag,
     step_statistics,
     summarize,
     write_usage_histogram,
 )
+from brims_rl.figures import activation_figure, coactivation_figure
 from brims_rl.policies import BrimsPolicy
 from brims_rl.utils import check_int
 
 NPZ_NAME = "analysis.npz"
 # Long traces are cut into heatmap images of this many steps (TensorBoard's step slider
-# walks through them) so that every step keeps a visible column.
-HEATMAP_STEPS = 1024
+# walks through them) so that every step keeps a column at least 2 pixels wide.
+HEATMAP_STEPS = 256
 
 
 def run_analysis(
@@ -78,10 +79,12 @@ def run_analysis(
     into ``out_dir``: per step t (as the global step) the env-averaged scalars
     ``brims/layer{l}/module{i}/active_frac``, ``brims/layer{l}/attention/{slot}``,
     ``brims/layer{l}/switch_rate``, ``brims/layer{l}/usage_entropy`` and
-    ``analysis/mean_reward``; per episode ``analysis/episode_return``; images
-    ``brims/layer{l}/activation_heatmap`` (env 0, one image per 1024 steps, global step =
-    first step) and ``brims/layer{l}/coactivation``; histogram
-    ``brims/layer{l}/activation_frequency``; the custom-scalars layout.
+    ``analysis/mean_reward`` (and the per-module and per-slot series runs of
+    :class:`~brims_rl.activations.SeriesRuns` under ``out_dir/brims/``); per episode
+    ``analysis/episode_return``; images ``brims/layer{l}/activation_heatmap`` (env 0 with its
+    rewards, one image per 256 steps, global step = first step) and
+    ``brims/layer{l}/coactivation``; histogram ``brims/layer{l}/activation_frequency``; the
+    custom-scalars layout.
 
     Returns:
         The path of the ``.npz`` file.
@@ -174,6 +177,7 @@ def _play_and_record(
         "episode_lengths": np.asarray(stats.lengths, dtype=np.int64),
         "num_modules": np.asarray(core.num_modules, dtype=np.int64),
         "top_k": np.asarray(core.top_k, dtype=np.int64),
+        "has_top_down": has_top_down(core),
     }
 
 
@@ -195,8 +199,11 @@ def _write_npz(out_dir: Path, trace: dict[str, Any]) -> Path:
 def _write_tensorboard(out_dir: Path, trace: dict[str, Any]) -> None:
     layers = trace["layers"]
     writer = SummaryWriter(log_dir=str(out_dir))
+    series = SeriesRuns(out_dir, trace["has_top_down"])
     try:
         writer.add_custom_scalars(custom_scalars_layout([int(n) for n in trace["num_modules"]]))
+        env0_starts = trace["episode_start"][:, 0]
+        env0_rewards = trace["rewards"][:, 0]
         for layer, data in enumerate(layers):
             steps = data["steps"]
             for t in range(len(steps["active_frac"])):
@@ -209,14 +216,20 @@ def _write_tensorboard(out_dir: Path, trace: dict[str, Any]) -> None:
                 )
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, global_step=t)
+                series.write(layer, steps["active_frac"][t], steps["attention"][t], t)
             summary = data["summary"]
             write_usage_histogram(writer, layer_tag(layer, "activation_frequency"), summary.usage_counts, 0)
-            writer.add_image(layer_tag(layer, "coactivation"), coactivation_image(summary.coactivation), 0, dataformats="HWC")
+            coactivation = coactivation_figure(
+                summary.coactivation, title=f"layer {layer} · P(mi and mj updated at the same step)"
+            )
+            writer.add_image(layer_tag(layer, "coactivation"), coactivation, 0, dataformats="HWC")
             env0_mask = data["masks"][:, 0]
-            env0_starts = trace["episode_start"][:, 0]
             for first in range(0, len(env0_mask), HEATMAP_STEPS):
                 window = slice(first, first + HEATMAP_STEPS)
-                heatmap = activation_heatmap(env0_mask[window], env0_starts[window])
+                heatmap = activation_figure(
+                    env0_mask[window], env0_starts[window], env0_rewards[window], title=f"layer {layer} · env 0",
+                    first_step=first, xlabel="evaluation step",
+                )
                 writer.add_image(layer_tag(layer, "activation_heatmap"), heatmap, first, dataformats="HWC")
         for t, reward in enumerate(trace["rewards"].mean(axis=1)):
             writer.add_scalar("analysis/mean_reward", float(reward), global_step=t)
@@ -224,3 +237,4 @@ def _write_tensorboard(out_dir: Path, trace: dict[str, Any]) -> None:
             writer.add_scalar("analysis/episode_return", float(episode_return), global_step=episode)
     finally:
         writer.close()
+        series.close()

@@ -66,6 +66,7 @@ _RECORD_EXAMPLES = """\
 examples:
   brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.mp4
   brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out pong.gif --max-steps 500 --fps 15
+  brims-rl record runs/ppo_brims_pong_20260101-120000_s0_4242 --out modules.mp4 --modules
 """
 
 _ANALYZE_EXAMPLES = """\
@@ -259,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--out", default="video.mp4", help="output file, .mp4 or .gif (default video.mp4)")
     record.add_argument("--fps", type=_int_at_least(1), default=30, help="frames per second")
     record.add_argument("--max-steps", type=_int_at_least(1), default=None, help="cut the video after this many steps")
+    record.add_argument(
+        "--modules", action="store_true",
+        help="BRIMs policies: under each frame, every layer's modules (updated or kept) and their input attention "
+        "on null / bottom-up / top-down",
+    )
     record.set_defaults(handler=cmd_record)
 
     analyze = commands.add_parser(
@@ -403,7 +409,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     result = record_video(
         args.run, args.out, env_id=args.env, n_episodes=args.episodes, max_steps=args.max_steps, fps=args.fps,
-        deterministic=args.deterministic, seed=args.seed, device=args.device, best=args.best, **_robustness(args),
+        deterministic=args.deterministic, seed=args.seed, device=args.device, best=args.best, modules=args.modules,
+        **_robustness(args),
     )
     scores = ", ".join(f"{r:g}" for r in result.stats.returns) or "none finished"
     print(f"Wrote {result.path} ({result.n_frames} frames); episode scores: {scores}")

@@ -16,22 +16,27 @@ Per layer ``l`` with ``N_l`` modules and ``k_l`` of them active per step:
   module used equally), ``log(k_l)`` when the same ``k_l`` modules are always chosen.
 * ``coactivation`` ``(N_l, N_l)``: P(module i and module j active at the same step).
 
-The TensorBoard tag names and the custom-scalars layout are defined here too, so that the
-training callback and ``brims-rl analyze`` write exactly the same tags.
+The TensorBoard tag names, the custom-scalars layout and the per-module series runs
+(:class:`SeriesRuns`) are defined here too, so that the training callback and ``brims-rl
+analyze`` write exactly the same tags; the figures are drawn by :mod:`brims_rl.figures`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from brims_rl.core import BrimsInfo
+from brims_rl.core import BRIMs, BrimsInfo
+from brims_rl.figures import DEAD_FRACTION
 
 SLOTS = ("null", "bottom_up", "top_down")
+# The per-module and per-slot series runs (SeriesRuns) go in this sub-folder of a run.
+SERIES_DIR = "brims"
 
 # Heatmap colours (RGB): active cells bright, inactive dark, episode starts red.
 _ACTIVE = np.array([255, 214, 64], dtype=np.uint8)
@@ -110,6 +115,15 @@ class ActivationRecorder:
     def attention(self) -> list[torch.Tensor]:
         """Per layer, float ``(steps, B, N_l, 3)`` on the model's device."""
         return [torch.cat(a) for a in self._attention]
+
+    def last_step(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The last committed step, copied to the host: per layer, bool masks ``(B, N_l)``
+        and float attention ``(B, N_l, 3)`` (of the record's last time step)."""
+        if not self._masks:
+            raise ValueError("no activations recorded: the policy's actor core was not called while recording")
+        masks = [layer[-1][-1].cpu().numpy() for layer in self._masks]
+        attention = [layer[-1][-1].float().cpu().numpy() for layer in self._attention]
+        return masks, attention
 
     def episode_starts(self) -> Optional[np.ndarray]:
         """Bool ``(steps, B)`` on the host, or None unless every step was given its flags."""
@@ -234,6 +248,11 @@ def layer_tag(layer: int, name: str) -> str:
     return f"brims/layer{layer}/{name}"
 
 
+def has_top_down(core: BRIMs) -> list[bool]:
+    """Per layer, whether it reads a top-down input (its attention has a live third slot)."""
+    return [source is not None for source in core.top_down_source]
+
+
 def layer_scalars(
     layer: int, active_frac: np.ndarray, attention: np.ndarray, switch_rate: float, entropy: float
 ) -> dict[str, float]:
@@ -246,24 +265,85 @@ def layer_scalars(
     return scalars
 
 
+def series_tag(layer: int, name: str) -> str:
+    """``brims/layer{l}/{name}``: the tag a per-module (``active_frac``) or per-slot
+    (``attention``) series run holds (see :class:`SeriesRuns`)."""
+    return layer_tag(layer, name)
+
+
+def dead_modules(active_frac: np.ndarray, threshold: float = DEAD_FRACTION) -> int:
+    """How many modules were updated in less than ``threshold`` of the (step, env) pairs."""
+    return int((np.asarray(active_frac) < threshold).sum())
+
+
 def custom_scalars_layout(num_modules: list[int]) -> dict:
-    """TensorBoard custom-scalars layout: per layer, one multiline chart of the modules'
-    active fractions and one of the input attention slots."""
-    charts = {}
-    for layer, n in enumerate(num_modules):
-        charts[f"layer {layer}: active fraction per module"] = [
-            "Multiline",
-            [module_tag(layer, i) for i in range(n)],
-        ]
-        charts[f"layer {layer}: input attention per slot"] = [
-            "Multiline",
-            [attention_tag(layer, slot) for slot in SLOTS],
-        ]
-    return {"BRIMs modules": charts}
+    """TensorBoard custom-scalars layout: one category per layer ("BRIMs layer l") with three
+    charts, so each layer fills one row: the modules' active fractions and the input
+    attention slots (both read from the :class:`SeriesRuns` runs, one colour per module or
+    slot), and the switch rate."""
+    categories = {}
+    for layer in range(len(num_modules)):
+        categories[f"BRIMs layer {layer}"] = {
+            f"layer {layer}: active fraction per module": ["Multiline", [f"^{series_tag(layer, 'active_frac')}$"]],
+            f"layer {layer}: input attention per slot": ["Multiline", [f"^{series_tag(layer, 'attention')}$"]],
+            f"layer {layer}: switch rate": ["Multiline", [f"^{layer_tag(layer, 'switch_rate')}$"]],
+        }
+    return categories
+
+
+class SeriesRuns:
+    """One TensorBoard run per module and per attention slot, next to the main run.
+
+    TensorBoard colours lines by run, so tags of one run (``module0/active_frac`` ...
+    ``module5/active_frac``) all get the same colour. Here each module and each slot is
+    its own run under ``log_dir/brims/``: runs ``m0`` .. ``m{N-1}`` hold
+    ``brims/layer{l}/active_frac`` and runs ``null``, ``bottom_up``, ``top_down`` hold
+    ``brims/layer{l}/attention``, so a chart of one of these tags shows every module (or
+    slot) of the layer in its own colour, named in the legend. A layer without a top-down
+    input writes no ``top_down`` series (it would be a flat 0).
+
+    Args:
+        log_dir: the main run's folder.
+        top_down: per layer, whether it has a top-down input (``BRIMs.top_down_source[l] is not None``).
+    """
+
+    def __init__(self, log_dir: Union[str, Path], top_down: Sequence[bool]) -> None:
+        self.root = Path(log_dir) / SERIES_DIR
+        self.top_down = list(top_down)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[name] = SummaryWriter(log_dir=str(self.root / name))
+        return self._writers[name]
+
+    def write(self, layer: int, active_frac: np.ndarray, attention: np.ndarray, step: int) -> None:
+        """Write one point of layer ``layer``: ``active_frac`` ``(N_l,)``, ``attention`` ``(3,)``."""
+        for module, value in enumerate(active_frac):
+            self._writer(f"m{module}").add_scalar(series_tag(layer, "active_frac"), float(value), step)
+        for slot, value in zip(SLOTS, attention):
+            if slot != "top_down" or self.top_down[layer]:
+                self._writer(slot).add_scalar(series_tag(layer, "attention"), float(value), step)
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self) -> None:
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
+            writer.close()
 
 
 def write_usage_histogram(writer, tag: str, counts: np.ndarray, step: int) -> None:
     """Histogram over module indices, one bucket per module, height = activation count.
+
+    Buckets are ``[i - 0.5, i + 0.5]``: centred on the module ids, all of width 1.
+    TensorBoard drops empty buckets at either end and draws the first and last remaining
+    ones from the histogram's ``min`` / ``max``, so those are set to the outer edges of the
+    first and last used module (not the module ids themselves, which would halve them).
 
     Args:
         writer: a ``torch.utils.tensorboard.SummaryWriter``.
@@ -271,10 +351,11 @@ def write_usage_histogram(writer, tag: str, counts: np.ndarray, step: int) -> No
     """
     counts = np.asarray(counts, dtype=np.float64)
     index = np.arange(len(counts), dtype=np.float64)
+    used = np.flatnonzero(counts) if counts.any() else np.array([0, len(counts) - 1])
     writer.add_histogram_raw(
         tag,
-        min=0.0,
-        max=float(len(counts) - 1),
+        min=float(used[0]) - 0.5,
+        max=float(used[-1]) + 0.5,
         num=float(counts.sum()),
         sum=float((counts * index).sum()),
         sum_squares=float((counts * index**2).sum()),

@@ -10,12 +10,15 @@ from stable_baselines3.common.logger import Image, TensorBoardOutputFormat
 
 from brims_rl.activations import (
     ActivationRecorder,
-    activation_heatmap,
+    SeriesRuns,
     custom_scalars_layout,
+    dead_modules,
+    has_top_down,
     layer_scalars,
     layer_tag,
     write_usage_histogram,
 )
+from brims_rl.figures import activation_figure, usage_figure
 from brims_rl.policies import BrimsPolicy
 from brims_rl.utils import check_int
 
@@ -33,12 +36,16 @@ class ModuleActivationCallback(BaseCallback):
 
     Written per layer ``l`` (see the module docstring of :mod:`brims_rl.activations`):
     scalars ``brims/layer{l}/module{i}/active_frac``, ``brims/layer{l}/attention/{null,
-    bottom_up,top_down}``, ``brims/layer{l}/switch_rate``, ``brims/layer{l}/usage_entropy``
+    bottom_up,top_down}``, ``brims/layer{l}/switch_rate``, ``brims/layer{l}/usage_entropy``,
+    ``brims/layer{l}/dead_modules`` (modules updated in less than 5% of the rollout's steps)
     (through SB3's logger, so they are dumped with the other training scalars); and, when
-    the model logs to TensorBoard, the image ``brims/layer{l}/activation_heatmap`` (modules x
-    steps of env ``heatmap_env`` over the rollout), the histogram
-    ``brims/layer{l}/activation_frequency`` (one bucket per module) and, once, a
-    custom-scalars layout with one multiline chart per layer.
+    the model logs to TensorBoard: the images ``brims/layer{l}/activation_heatmap`` (modules
+    x steps of env ``heatmap_env`` over the rollout, with its rewards and episode starts)
+    and ``brims/layer{l}/module_usage`` (modules x the rollouts logged so far, coloured by
+    active fraction), the histogram ``brims/layer{l}/activation_frequency`` (one bucket per
+    module), the per-module and per-slot series runs of
+    :class:`~brims_rl.activations.SeriesRuns` under ``<run>/brims/`` and, once, a
+    custom-scalars layout with one category per layer.
 
     Args:
         log_interval: record and log every this many rollouts (>= 1).
@@ -56,6 +63,10 @@ class ModuleActivationCallback(BaseCallback):
         self._rollouts = 0
         self._recording = False
         self._next_starts: Optional[np.ndarray] = None
+        self._rewards: list[float] = []
+        # Per logged rollout: (env steps trained, per layer active fractions (N_l,)).
+        self._usage: list[tuple[int, list[np.ndarray]]] = []
+        self._series: Optional[SeriesRuns] = None
         self._layout_written = False
 
     def _init_callback(self) -> None:
@@ -81,6 +92,7 @@ class ModuleActivationCallback(BaseCallback):
         if not self._recording:
             return
         self.recorder.reset()
+        self._rewards = []
         self.model.policy.activation_recorder = self.recorder
         # The flags sb3-contrib feeds the core at this rollout's first step.
         starts = getattr(self.model, "_last_episode_starts", None)
@@ -91,6 +103,9 @@ class ModuleActivationCallback(BaseCallback):
             self.recorder.end_step(self._next_starts)
             dones = self.locals.get("dones")
             self._next_starts = None if dones is None else np.asarray(dones, dtype=bool)
+            rewards = self.locals.get("rewards")
+            if rewards is not None:
+                self._rewards.append(float(np.asarray(rewards).reshape(-1)[self.heatmap_env]))
         return True
 
     def _on_rollout_end(self) -> None:
@@ -108,6 +123,9 @@ class ModuleActivationCallback(BaseCallback):
         # learn() may stop mid-rollout (a callback returning False): never leave the recorder on.
         self.model.policy.activation_recorder = None
         self._recording = False
+        if self._series is not None:
+            self._series.close()
+            self._series = None
 
     def _log(self) -> None:
         stats = self.recorder.statistics()
@@ -115,6 +133,7 @@ class ModuleActivationCallback(BaseCallback):
             scalars = layer_scalars(
                 layer, layer_stats.active_frac, layer_stats.attention, layer_stats.switch_rate, layer_stats.usage_entropy
             )
+            scalars[layer_tag(layer, "dead_modules")] = float(dead_modules(layer_stats.active_frac))
             for tag, value in scalars.items():
                 self.logger.record(tag, value, exclude=_NOT_ON_CONSOLE)
             if self.verbose >= 1:
@@ -125,13 +144,31 @@ class ModuleActivationCallback(BaseCallback):
         if writer is None:
             return
         step = self.num_timesteps
+        core = self.model.policy.lstm_actor
         if not self._layout_written:
             writer.add_custom_scalars(custom_scalars_layout([len(s.active_frac) for s in stats]))
             self._layout_written = True
+        if self._series is None:
+            self._series = SeriesRuns(writer.log_dir, has_top_down(core))
+        self._usage.append((step, [s.active_frac for s in stats]))
         starts = self.recorder.episode_starts()
         env_starts = None if starts is None else starts[:, self.heatmap_env]
-        for layer, (mask, layer_stats) in enumerate(zip(self.recorder.masks(), stats)):
-            heatmap = activation_heatmap(mask[:, self.heatmap_env].cpu().numpy(), env_starts)
+        masks = self.recorder.masks()
+        rewards = np.asarray(self._rewards) if len(self._rewards) == masks[0].shape[0] else None
+        for layer, (mask, layer_stats) in enumerate(zip(masks, stats)):
+            self._series.write(layer, layer_stats.active_frac, layer_stats.attention, step)
+            heatmap = activation_figure(
+                mask[:, self.heatmap_env].cpu().numpy(), env_starts, rewards,
+                title=f"layer {layer} · env {self.heatmap_env}",
+                xlabel=f"step of the rollout that ended at {step:,} env steps",
+            )
             self.logger.record(layer_tag(layer, "activation_heatmap"), Image(heatmap, "HWC"), exclude=_TENSORBOARD_ONLY)
+            usage = usage_figure(
+                np.array([logged for logged, _ in self._usage]),
+                np.stack([fractions[layer] for _, fractions in self._usage]),
+                title=f"layer {layer} · module usage (top-{core.top_k[layer]} of {core.num_modules[layer]})",
+            )
+            self.logger.record(layer_tag(layer, "module_usage"), Image(usage, "HWC"), exclude=_TENSORBOARD_ONLY)
             write_usage_histogram(writer, layer_tag(layer, "activation_frequency"), layer_stats.usage_counts, step)
         writer.flush()
+        self._series.flush()

@@ -9,11 +9,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import queue
 import re
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from PIL import Image as PILImage
+from stable_baselines3.common.vec_env import VecEnvWrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -29,6 +28,7 @@ import envs
 from agents import RecurrentPPO
 from agents.analyze import run_analysis
 from brims_rl.activations import (
+    SERIES_DIR,
     SLOTS,
     ActivationRecorder,
     activation_heatmap,
@@ -38,6 +38,21 @@ from brims_rl.activations import (
 )
 from brims_rl.callbacks import ModuleActivationCallback
 from brims_rl.core import BrimsInfo
+from brims_rl.figures import (
+    ACTIVE,
+    COACTIVATION_COLOURMAP,
+    EPISODE_START,
+    INACTIVE,
+    REWARD_DOWN,
+    REWARD_UP,
+    USAGE_COLOURMAP,
+    activation_layout,
+    coactivation_layout,
+    usage_layout,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from tensorboard_screenshots import serve_tensorboard  # noqa: E402  (the server the README's screenshots use)
 
 NUM_MODULES = [4, 3]
 TOP_K = [2, 1]
@@ -56,6 +71,38 @@ def load_events(logdir: Path) -> EventAccumulator:
 
 def scalar_values(events: EventAccumulator, tag: str) -> dict[int, float]:
     return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def decoded(image_event) -> np.ndarray:
+    """An image event's pixels, int ``(H, W, 3)`` RGB."""
+    return np.asarray(PILImage.open(io.BytesIO(image_event.encoded_image_string)).convert("RGB")).astype(int)
+
+
+def rgb(colour) -> np.ndarray:
+    """``"#rrggbb"`` or a matplotlib RGBA tuple in [0, 1] as int RGB."""
+    if isinstance(colour, str):
+        return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return np.rint(np.asarray(colour[:3]) * 255).astype(int)
+
+
+def assert_colour(pixel: np.ndarray, colour, what: str, tolerance: int = 40) -> None:
+    assert np.abs(pixel - rgb(colour)).max() <= tolerance, f"{what}: pixel {pixel.tolist()}, expected {rgb(colour).tolist()}"
+
+
+class RewardLog(VecEnvWrapper):
+    """Keeps the rewards of every step, ``(B,)`` each, as the env returned them."""
+
+    def __init__(self, venv) -> None:
+        super().__init__(venv)
+        self.rewards: list[np.ndarray] = []
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.rewards.append(np.array(rewards, copy=True))
+        return obs, rewards, dones, infos
 
 
 def tiny_ppo(env, **kwargs) -> RecurrentPPO:
@@ -130,11 +177,11 @@ def switch_rate_by_hand(masks: np.ndarray, starts: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, CoreCalls]:
-    """Three rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback, and the
-    actor core's own record of its acting calls."""
+def trained(tmp_path_factory) -> tuple[Path, CoreCalls, np.ndarray]:
+    """Three rollouts of a tiny BRIMs PPO on CueMemory, logged by the callback, the actor
+    core's own record of its acting calls and the env's rewards ``(steps, B)``."""
     tensorboard_log = tmp_path_factory.mktemp("tb")
-    env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
+    env = RewardLog(envs.make_env(CUE, n_envs=N_ENVS, seed=0))
     model = tiny_ppo(env, tensorboard_log=str(tensorboard_log))
     calls = CoreCalls(model.policy.lstm_actor)
     callback = ModuleActivationCallback(heatmap_env=1)
@@ -143,7 +190,7 @@ def trained(tmp_path_factory) -> tuple[Path, CoreCalls]:
     # Only the rollouts were recorded: the recorder is off during (and after) the updates.
     assert model.policy.activation_recorder is None
     env.close()
-    return run_dir(tensorboard_log), calls
+    return run_dir(tensorboard_log), calls, np.stack(env.rewards)
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +206,13 @@ def test_callback_writes_every_tag_for_every_layer_and_module(trained_logdir):
         expected |= {f"brims/layer{layer}/module{i}/active_frac" for i in range(n)}
         expected |= {f"brims/layer{layer}/attention/{slot}" for slot in SLOTS}
         expected |= {f"brims/layer{layer}/switch_rate", f"brims/layer{layer}/usage_entropy"}
+        expected |= {f"brims/layer{layer}/dead_modules"}
     assert expected <= set(tags["scalars"])
     # No module that does not exist.
     assert not any(tag.startswith("brims/layer1/module3") or tag.startswith("brims/layer2") for tag in tags["scalars"])
-    assert set(tags["images"]) == {f"brims/layer{layer}/activation_heatmap" for layer in range(2)}
+    assert set(tags["images"]) == {
+        f"brims/layer{layer}/{name}" for layer in range(2) for name in ("activation_heatmap", "module_usage")
+    }
     assert set(tags["histograms"]) == {f"brims/layer{layer}/activation_frequency" for layer in range(2)}
     for tag in expected:
         assert sorted(scalar_values(events, tag)) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
@@ -203,7 +253,7 @@ def test_callback_histograms_count_every_step_and_module(trained_logdir):
 def test_callback_matches_the_policys_own_acting_calls(trained):
     """Switch rate, active fractions and histograms of each logged rollout, recomputed from
     the masks and episode starts the actor core itself saw (one call per rollout step)."""
-    logdir, calls = trained
+    logdir, calls, _ = trained
     events = load_events(logdir)
     assert len(calls.masks) == 3 * N_STEPS and all(m[0].shape[0] == 1 for m in calls.masks)
     starts = calls.episode_starts()
@@ -223,46 +273,115 @@ def test_callback_matches_the_policys_own_acting_calls(trained):
             assert list(histograms[rollout].histogram_value.bucket) == masks.sum((0, 1)).tolist()
 
 
-RED = np.array([230, 30, 30])
-
-
-def test_callback_heatmap_shows_the_policys_masks_and_episode_starts(trained):
-    """The last rollout's heatmap of env 1: module rows by step columns (the layout the
-    README documents, 12-pixel rows under a red-marks strip), each cell bright exactly where
-    the core updated that module, a red mark exactly where the core reset env 1."""
-    logdir, calls = trained
+def test_callback_heatmap_shows_the_policys_masks_episode_starts_and_rewards(trained):
+    """The last rollout's heatmap of env 1 (the geometry of ``activation_layout``: module rows
+    of 22 logical px under a reward track): each cell bright exactly where the core updated
+    that module, an episode-start line exactly where the core reset env 1, a reward bar
+    exactly where the env paid env 1."""
+    logdir, calls, rewards = trained
     events = load_events(logdir)
     starts = calls.episode_starts()[2 * N_STEPS :, 1]
-    assert starts.any()
-    row_height = 12
+    paid = rewards[2 * N_STEPS :, 1]
+    assert starts[1:].any() and (paid != 0).any()
     for layer, n in enumerate(NUM_MODULES):
         images = events.Images(f"brims/layer{layer}/activation_heatmap")
         assert len(images) == 3
-        pixels = np.asarray(PILImage.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB")).astype(int)
-        height, width, _ = pixels.shape
-        column = width // N_STEPS  # one column group per rollout step (no extra step recorded)
-        assert column >= 2 and width == column * N_STEPS
-        band = height - n * row_height
-        assert band >= 3
+        pixels = decoded(images[-1])
+        layout = activation_layout(n, with_rewards=True)
+        assert pixels.shape[:2] == (layout.height * 2, layout.width * 2)
         masks = calls.layer_masks(layer)[2 * N_STEPS :, 1]
+        track = layout.rewards.pixels()
+        zero = int(track.top + track.height / 2)
         for t in range(N_STEPS):
-            x = t * column + column // 2
-            assert np.array_equal(pixels[0, x], RED) == starts[t], f"step {t}"
             for module in range(n):
-                bright = pixels[band + module * row_height + row_height // 2, x].sum() > 400
-                assert bright == masks[t, module], f"layer {layer}, step {t}, module {module}"
+                x, y = layout.cell_centre(t, module, N_STEPS)
+                colour = ACTIVE if masks[t, module] else INACTIVE
+                assert_colour(pixels[y, x], colour, f"layer {layer}, step {t}, module {module}")
+            if t > 0:  # step 0's line lies on the axis' edge
+                edge = pixels[layout.cell_centre(t, 0, N_STEPS)[1], layout.step_edge(t, N_STEPS)]
+                is_line = np.abs(edge - rgb(EPISODE_START)).max() <= 40
+                assert is_line == starts[t], f"layer {layer}, step {t}: episode start {starts[t]}, pixel {edge.tolist()}"
+            x = layout.cell_centre(t, 0, N_STEPS)[0]
+            above, below = pixels[zero - 4, x], pixels[zero + 4, x]
+            assert (np.abs(above - rgb(REWARD_UP)).max() <= 40) == (paid[t] > 0), f"step {t}, reward {paid[t]}"
+            assert (np.abs(below - rgb(REWARD_DOWN)).max() <= 40) == (paid[t] < 0), f"step {t}, reward {paid[t]}"
 
 
-def test_callback_custom_scalars_layout_has_one_chart_per_layer(trained_logdir):
+def test_callback_module_usage_image_colours_each_rollouts_fractions(trained_logdir):
+    """The latest usage image has one column per logged rollout, each cell the colour of
+    that rollout's active fraction for that module; dead_modules counts fractions < 5%."""
+    events = load_events(trained_logdir)
+    colours = colormaps[USAGE_COLOURMAP]
+    for layer, n in enumerate(NUM_MODULES):
+        images = events.Images(f"brims/layer{layer}/module_usage")
+        assert [image.step for image in images] == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
+        pixels = decoded(images[-1])
+        layout = usage_layout(n, rollouts=3)
+        assert pixels.shape[:2] == (layout.height * 2, layout.width * 2)
+        fractions = {i: scalar_values(events, f"brims/layer{layer}/module{i}/active_frac") for i in range(n)}
+        for column, step in enumerate((ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT)):
+            for module in range(n):
+                box = layout.cell_box(module, column)
+                pixel = pixels[int(box.top + box.height / 2), int(box.left + box.width / 2)]
+                assert_colour(pixel, colours(fractions[module][step]), f"layer {layer}, rollout {column}, m{module}", 6)
+            dead = scalar_values(events, f"brims/layer{layer}/dead_modules")[step]
+            assert dead == sum(fractions[i][step] < 0.05 for i in range(n))
+
+
+def series_events(logdir: Path) -> dict[str, EventAccumulator]:
+    """The series runs under ``logdir/brims/``, by run name."""
+    return {path.name: load_events(path) for path in sorted((logdir / SERIES_DIR).iterdir())}
+
+
+def test_callback_series_runs_give_each_module_and_slot_its_own_run(trained_logdir):
+    """TensorBoard colours lines by run: each module and each attention slot is a run of its
+    own holding the main run's values; a layer without top-down input writes no top_down series."""
+    main = load_events(trained_logdir)
+    series = series_events(trained_logdir)
+    assert sorted(series) == sorted([f"m{i}" for i in range(max(NUM_MODULES))] + list(SLOTS))
+    for layer, n in enumerate(NUM_MODULES):
+        for i in range(n):
+            values = scalar_values(series[f"m{i}"], f"brims/layer{layer}/active_frac")
+            assert values == pytest.approx(scalar_values(main, f"brims/layer{layer}/module{i}/active_frac"))
+        for slot in SLOTS:
+            tag = f"brims/layer{layer}/attention"
+            if slot == "top_down" and layer == 1:  # the top layer has no top-down input
+                assert tag not in series[slot].Tags()["scalars"]
+                continue
+            values = scalar_values(series[slot], tag)
+            assert values == pytest.approx(scalar_values(main, f"brims/layer{layer}/attention/{slot}"))
+            assert any(value > 0 for value in values.values()), f"{slot} of layer {layer} is always 0"
+    assert "brims/layer1/active_frac" not in series["m3"].Tags()["scalars"]  # layer 1 has 3 modules
+
+
+def test_callback_custom_scalars_layout_has_one_category_per_layer(trained_logdir):
+    """One category per layer; every chart's tag regexes match, as TensorBoard's plugin
+    matches them (``re.match`` per run), exactly the series meant: one run per module, one
+    per live attention slot, the switch rate."""
     events = load_events(trained_logdir)
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout()
     layout.ParseFromString(config.tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    for layer, n in enumerate(NUM_MODULES):
-        assert charts[f"layer {layer}: active fraction per module"] == [
-            f"brims/layer{layer}/module{i}/active_frac" for i in range(n)
-        ]
+    assert [category.title for category in layout.category] == ["BRIMs layer 0", "BRIMs layer 1"]
+    runs = {".": main_tags(events)}
+    runs.update({f"brims/{name}": main_tags(run) for name, run in series_events(trained_logdir).items()})
+
+    def matched(chart) -> set[tuple[str, str]]:
+        return {(run, tag) for run, tags in runs.items() for tag in tags for regex in chart.multiline.tag if re.match(regex, tag)}
+
+    for layer, (category, n) in enumerate(zip(layout.category, NUM_MODULES)):
+        charts = {chart.title: matched(chart) for chart in category.chart}
+        assert charts == {
+            f"layer {layer}: active fraction per module": {(f"brims/m{i}", f"brims/layer{layer}/active_frac") for i in range(n)},
+            f"layer {layer}: input attention per slot": {
+                (f"brims/{slot}", f"brims/layer{layer}/attention") for slot in SLOTS if slot != "top_down" or layer == 0
+            },
+            f"layer {layer}: switch rate": {(".", f"brims/layer{layer}/switch_rate")},
+        }
+
+
+def main_tags(events: EventAccumulator) -> set[str]:
+    return set(events.Tags()["scalars"])
 
 
 def test_callback_log_interval_skips_rollouts(tmp_path):
@@ -303,77 +422,42 @@ def test_callback_on_pong_with_the_cnn_policy(tmp_path):
     values = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("brims/")}
     for layer, (k, n) in enumerate(zip(TOP_K, NUM_MODULES)):
         check_layer_invariants(values, layer, k, n, has_top_down=layer == 0)
-    assert len(events.Tags()["images"]) == 2
+    assert len(events.Tags()["images"]) == 4  # heatmap and module usage of each layer
     env.close()
 
 
-def _served_port(server: subprocess.Popen, lines: queue.Queue, deadline: float) -> int:
-    """The port a ``tensorboard --port 0`` server bound, read from its "TensorBoard ... at
-    http://host:PORT/" line on stderr (``lines``; the OS picks a free port: nothing to race for)."""
-    seen = []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            assert server.poll() is None, "tensorboard exited:\n" + "".join(seen)
-            continue
-        seen.append(line)
-        match = re.search(r"TensorBoard \S+ at http://[^:/]+:(\d+)/", line)
-        if match:
-            return int(match.group(1))
-    raise AssertionError("tensorboard did not say which port it serves on in time:\n" + "".join(seen))
-
-
 def test_tensorboard_server_serves_the_tags(trained_logdir):
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(trained_logdir.parent),
-         "--port", "0", "--host", "127.0.0.1", "--load_fast", "false", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
     def fetch(route: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as response:
+        with urllib.request.urlopen(f"{board.url}{route}", timeout=5) as response:
             return json.loads(response.read())
 
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in server.stderr], daemon=True)
-    reader.start()
-    try:
+    run = trained_logdir.name
+    with serve_tensorboard(trained_logdir.parent, extra_args=("--reload_interval", "1")) as board:
         # Generous: on a loaded 2-core machine tensorboard alone takes a minute to start.
         deadline = time.monotonic() + 240
-        port = _served_port(server, lines, deadline)
         scalars = images = {}
         while time.monotonic() < deadline:
-            assert server.poll() is None, "tensorboard exited"
+            assert board.process.poll() is None, "tensorboard exited"
             try:
                 scalars = fetch("/data/plugin/scalars/tags")
                 images = fetch("/data/plugin/images/tags")
             except OSError:
                 pass
-            if scalars.get(trained_logdir.name) and images.get(trained_logdir.name):
+            if scalars.get(run) and images.get(run) and scalars.get(f"{run}/brims/m0"):
                 break
             time.sleep(0.5)
-        run = trained_logdir.name
         assert run in scalars, f"tensorboard served no scalars for run {run!r} in time: {scalars}"
         for layer, n in enumerate(NUM_MODULES):
             for i in range(n):
                 assert f"brims/layer{layer}/module{i}/active_frac" in scalars[run]
+                assert f"brims/layer{layer}/active_frac" in scalars[f"{run}/brims/m{i}"]
             assert f"brims/layer{layer}/switch_rate" in scalars[run]
             assert f"brims/layer{layer}/activation_heatmap" in images[run]
+            assert f"brims/layer{layer}/module_usage" in images[run]
         layout = fetch("/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
         assert "layer 1: active fraction per module" in titles
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        reader.join(timeout=10)
-        server.stderr.close()
+    assert board.process.poll() is not None, "the server outlived the block"
 
 
 # --- The recorder and the statistics -----------------------------------------------------
@@ -438,6 +522,78 @@ def test_heatmap_and_coactivation_pixels():
     assert matrix.shape == (8, 8, 3) and matrix[0, 0, 0] == 255 and matrix[0, 4, 0] == 0 and matrix[4, 4, 0] == 128
 
 
+@pytest.mark.parametrize(
+    "counts, buckets",
+    [
+        ([3, 0, 4], [(-0.5, 0.5, 3), (0.5, 1.5, 0), (1.5, 2.5, 4)]),
+        # Unused modules at either end are dropped by TensorBoard; the rest keep width 1.
+        ([0, 5, 0, 7, 0, 0], [(0.5, 1.5, 5), (1.5, 2.5, 0), (2.5, 3.5, 7)]),
+        ([0, 0, 0, 2], [(2.5, 3.5, 2)]),
+    ],
+)
+def test_usage_histogram_buckets_are_centred_on_modules_as_tensorboard_draws_them(tmp_path, counts, buckets):
+    """Read back, then converted by TensorBoard's own ``data_compat`` (what its histogram
+    plugin serves): every bucket is [i - 0.5, i + 0.5] around its module id i."""
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+    from tensorboard.data_compat import migrate_value
+    from tensorboard.util.tensor_util import make_ndarray
+    from torch.utils.tensorboard import SummaryWriter
+
+    from brims_rl.activations import write_usage_histogram
+
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        write_usage_histogram(writer, "usage", np.array(counts), step=0)
+    (event,) = load_events(tmp_path).Histograms("usage")
+    value = event.histogram_value
+    proto = HistogramProto(
+        min=value.min, max=value.max, num=value.num, sum=value.sum, sum_squares=value.sum_squares,
+        bucket_limit=value.bucket_limit, bucket=value.bucket,
+    )
+    served = make_ndarray(migrate_value(Summary.Value(tag="usage", histo=proto)).tensor)
+    assert [tuple(row) for row in served.tolist()] == buckets
+
+
+# --- brims-rl record --modules ---------------------------------------------------------------
+
+
+def test_film_with_modules_draws_each_steps_modules_under_the_screen_it_acted_on(tmp_path):
+    """Every GIF frame: the screen of the observation step t acted on (frame 0: the reset
+    screen), enlarged 3x, over a panel whose module boxes are lit exactly where the actor
+    core updated that module at step t, for every layer (top layer first)."""
+    from PIL import ImageSequence
+
+    from agents.record import film
+    from brims_rl.figures import PANEL_ROW, panel_module_box
+
+    steps = 12
+    env = envs.make_env("pong", n_envs=1, seed=3, backend="sb3")
+    model = RecurrentPPO("CnnBrimsPolicy", env, n_steps=16, batch_size=16, seed=0, policy_kwargs=TINY_BRIMS)
+    calls = CoreCalls(model.policy.lstm_actor)
+    frames_written, _ = film(model, env, tmp_path / "modules.gif", max_steps=steps, fps=10, modules=True)
+    calls.handle.remove()
+    env.close()
+    reset_env = envs.make_env("pong", n_envs=1, seed=3, backend="sb3")
+    reset_env.reset()
+    reset_screen = np.repeat(np.repeat(reset_env.get_images()[0], 3, axis=0), 3, axis=1).astype(int)
+    reset_env.close()
+
+    with PILImage.open(tmp_path / "modules.gif") as gif:
+        frames = [np.asarray(frame.convert("RGB")).astype(int) for frame in ImageSequence.Iterator(gif)]
+    assert frames_written == steps and len(frames) == steps and len(calls.masks) == steps
+    screen_height = reset_screen.shape[0]
+    assert frames[0].shape == (screen_height + len(NUM_MODULES) * PANEL_ROW + 40, 480, 3)
+    assert np.abs(frames[0][:screen_height] - reset_screen).mean() < 2
+    for t, frame in enumerate(frames):
+        panel = frame[screen_height:]
+        for row, layer in enumerate(reversed(range(len(NUM_MODULES)))):
+            mask = calls.masks[t][layer][0, 0]
+            assert mask.sum() == TOP_K[layer]
+            for module, active in enumerate(mask):
+                x0, y0, x1, y1 = panel_module_box(row, module, len(mask), 480)
+                colour = ACTIVE if active else INACTIVE
+                assert_colour(panel[y1 - 5, x1 - 6], colour, f"frame {t}, layer {layer}, m{module}", 12)
+
+
 # --- run_analysis ----------------------------------------------------------------------------
 
 
@@ -458,7 +614,8 @@ def analysis(tmp_path_factory):
 def test_run_analysis_npz_is_aligned_on_the_step_axis(analysis):
     out_dir, path, _ = analysis
     assert path == out_dir / "analysis.npz"
-    assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("events.")) == ["analysis.npz"]
+    files = [p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("events.")]
+    assert files == ["analysis.npz"] and (out_dir / SERIES_DIR).is_dir()
     data = np.load(path)
     steps = data["actions"].shape[0]
     assert data["actions"].shape == (steps, N_ENVS)
@@ -526,22 +683,67 @@ def test_run_analysis_tensorboard_traces(analysis):
     data = np.load(path)
     steps = data["actions"].shape[0]
     events = load_events(out_dir)
+    series = series_events(out_dir)
     tags = events.Tags()
     for layer, (k, n) in enumerate(zip(TOP_K, NUM_MODULES)):
         assert f"brims/layer{layer}/coactivation" in tags["images"]
         assert f"brims/layer{layer}/activation_heatmap" in tags["images"]
-        (coactivation,) = events.Images(f"brims/layer{layer}/coactivation")
-        assert (coactivation.height, coactivation.width) == (24 * n, 24 * n)
         for i in range(n):
             trace = scalar_values(events, f"brims/layer{layer}/module{i}/active_frac")
             assert sorted(trace) == list(range(steps))
             expected = data[f"layer{layer}_masks"][:, :, i].mean(1)
             np.testing.assert_allclose([trace[t] for t in range(steps)], expected, atol=1e-6)
+            assert scalar_values(series[f"m{i}"], f"brims/layer{layer}/active_frac") == pytest.approx(trace)
+        for slot in SLOTS:
+            main = scalar_values(events, f"brims/layer{layer}/attention/{slot}")
+            if slot == "top_down" and layer == 1:
+                assert f"brims/layer{layer}/attention" not in series[slot].Tags()["scalars"]
+            else:
+                assert scalar_values(series[slot], f"brims/layer{layer}/attention") == pytest.approx(main)
         for t in range(steps):
             values = {tag: v for tag in tags["scalars"] if tag.startswith(f"brims/layer{layer}/")
                       for v in [scalar_values(events, tag).get(t)] if v is not None}
             check_layer_invariants(values, layer, k, n, has_top_down=layer == 0)
     assert len(scalar_values(events, "analysis/episode_return")) == 5
+
+
+def test_run_analysis_heatmap_and_coactivation_figures(analysis):
+    """Env 0's heatmap: every cell as the npz masks say, every reward bar where env 0 was
+    paid; the co-activation figure: each cell (sampled off its printed value) in the
+    colour map's colour of the npz matrix."""
+    out_dir, path, _ = analysis
+    data = np.load(path)
+    steps = data["actions"].shape[0]
+    assert steps <= 256  # one heatmap image
+    events = load_events(out_dir)
+    colours = colormaps[COACTIVATION_COLOURMAP]
+    paid = data["rewards"][:, 0]
+    assert (paid != 0).any()
+    for layer, n in enumerate(NUM_MODULES):
+        (heatmap,) = events.Images(f"brims/layer{layer}/activation_heatmap")
+        pixels = decoded(heatmap)
+        layout = activation_layout(n, with_rewards=True)
+        assert pixels.shape[:2] == (layout.height * 2, layout.width * 2)
+        masks = data[f"layer{layer}_masks"][:, 0]
+        track = layout.rewards.pixels()
+        zero = int(track.top + track.height / 2)
+        for t in range(steps):
+            for module in range(n):
+                x, y = layout.cell_centre(t, module, steps)
+                assert_colour(pixels[y, x], ACTIVE if masks[t, module] else INACTIVE, f"step {t}, m{module}")
+            bar = pixels[zero - 4, x] if paid[t] > 0 else pixels[zero + 4, x]
+            assert (np.abs(bar - rgb(REWARD_UP if paid[t] > 0 else REWARD_DOWN)).max() <= 40) == (paid[t] != 0), t
+
+        (coactivation,) = events.Images(f"brims/layer{layer}/coactivation")
+        pixels = decoded(coactivation)
+        layout = coactivation_layout(n)
+        assert pixels.shape[:2] == (layout.height * 2, layout.width * 2)
+        matrix = data[f"layer{layer}_coactivation"]
+        for i in range(n):
+            for j in range(n):
+                box = layout.cell_box(i, j)
+                pixel = pixels[int(box.top + box.height / 5), int(box.left + box.width / 5)]
+                assert_colour(pixel, colours(matrix[i, j]), f"layer {layer}, cell ({i}, {j})", 6)
 
 
 def test_run_analysis_refuses_bad_input(tmp_path):

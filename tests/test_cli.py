@@ -252,6 +252,9 @@ def test_other_algorithms_and_policies_train_and_evaluate(algo, policy, env, ext
     assert (config.algo, config.policy) == (algo, policy)
     if policy == "cnn":
         assert config.hyperparams["frame_stack"] == 4
+        refused = cli("record", str(run), "--modules", "--out", str(tmp_path / "m.mp4"), *THREADS)
+        assert refused.returncode == 2 and "--modules needs a BRIMs policy" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "m.mp4").exists()
     # learn() stops at the first whole rollout (2 envs x n_steps) reaching 64 steps.
     rollout = 2 * {"a2c": 5, "ppo": 32}[algo]
     assert saved_num_timesteps(run / "model.zip") == -(-64 // rollout) * rollout
@@ -376,6 +379,19 @@ def test_record_writes_a_decodable_mp4(run_dir: Path, tmp_path: Path) -> None:
     reader.close()
     assert len(frames) == 30 and frames[0].shape == (210, 160, 3)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_record_modules_puts_the_module_panel_under_each_frame(run_dir: Path, tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    video = tmp_path / "modules.mp4"
+    out = ok(cli("record", str(run_dir), "--out", str(video), "--max-steps", "5", "--modules", *THREADS))
+    assert "5 frames" in out
+    reader = imageio.get_reader(video)
+    frames = [frame for frame in reader]
+    reader.close()
+    # The screen enlarged 3x (630 x 480) over the panel: 2 layers of 46 px and a 40 px legend.
+    assert len(frames) == 5 and frames[0].shape == (630 + 2 * 46 + 40, 480, 3)
 
 
 def test_record_gif_and_refuse_other_formats(run_dir: Path, tmp_path: Path) -> None:

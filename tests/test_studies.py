@@ -50,7 +50,7 @@ def write_spec(path: Path, **fields) -> Path:
 
 
 def study_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "brims_rl.cli", "study", *args]
+    return [sys.executable, "-m", "agents.cli", "study", *args]
 
 
 def trials_of(url: str, name: str) -> list:
