@@ -157,6 +157,8 @@ class RawScoreMonitor(VecEnvWrapper):
             self._file.flush()
 
     def _drop_games_after(self, steps: int) -> None:
+        # A game ended at the running sum of the lengths up to it (agents.report.read_monitor's
+        # steps): keep the games that ended at or before the checkpoint's step count.
         lines = self.filename.read_text().splitlines(keepends=True)
         kept, trained = lines[:2], 0.0
         for line in lines[2:]:

@@ -35,6 +35,8 @@ from typing import Optional
 
 import numpy as np
 
+from agents.report import read_monitor
+
 TRAIN_TAGS = ("train/explained_variance", "train/entropy_loss", "train/approx_kl")
 
 
@@ -105,24 +107,6 @@ def run_all(runs: list[Run], args: argparse.Namespace, runs_root: Path) -> None:
         raise SystemExit(f"[learning] runs failed: {', '.join(failed)} (logs in {runs_root})")
 
 
-def read_episodes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(end step, raw score) of every finished game in ``monitor.csv``.
-
-    The end step is the running sum of game lengths: the env steps the run had trained
-    on when that game ended, counting finished games only (a lower bound, exact up to the
-    games still running in the other envs).
-    """
-    path = folder / "monitor.csv"
-    if not path.exists():
-        return np.zeros(0), np.zeros(0)
-    with path.open() as handle:
-        handle.readline()  # the JSON header SB3's Monitor writes
-        rows = [row for row in csv.DictReader(handle)]
-    lengths = np.array([float(row["l"]) for row in rows])
-    scores = np.array([float(row["r"]) for row in rows])
-    return np.cumsum(lengths), scores
-
-
 def read_train_scalars(folder: Path) -> list[tuple[int, float, float, float]]:
     """(step, explained_variance, entropy_loss, approx_kl) per logged update, all TB runs merged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -147,7 +131,7 @@ def write_results(runs: list[Run], runs_root: Path, out: Path, timesteps: int, w
     episode_rows, train_rows = [], []
     for run in runs:
         folder = run_dir(runs_root, run)
-        steps, scores = read_episodes(folder)
+        steps, scores, _ = read_monitor(folder)
         episode_rows += [(run.game, run.label, run.seed, int(s), float(r)) for s, r in zip(steps, scores)]
         train_rows += [(run.game, run.label, run.seed, *row) for row in read_train_scalars(folder)]
     with (out / "episodes.csv").open("w", newline="") as handle:
