@@ -33,7 +33,9 @@ from agents.registry import ALGOS, POLICIES
 from agents.run_folder import (
     CONFIG_NAME, TB_DIR, RunFolderError, analysis_dir, hold_run_dir, new_run_dir, resolve_resume, run_dir_of,
 )
+from agents.study import GRACE_HEARTBEATS, HEARTBEAT_SECONDS, StudySpec, grid_study_dir, report_study, run_study
 from agents.train import TrainingDiverged, TrainingInterrupted, train
+from agents.tune import TuneSettings, load_space, run_tune
 from brims_rl import __version__
 from envs.robustness import apply_burst
 
@@ -500,8 +502,6 @@ examples:
 
 def _add_heartbeat_args(parser: argparse.ArgumentParser, unit: str) -> None:
     """``--heartbeat`` and ``--threads`` (1 per worker) of the commands that work on an Optuna study."""
-    from agents.study import GRACE_HEARTBEATS, HEARTBEAT_SECONDS
-
     parser.add_argument(
         "--heartbeat", type=_int_at_least(1), default=HEARTBEAT_SECONDS, metavar="SECONDS",
         help=f"seconds between a worker's heartbeats; a {unit} whose worker misses {GRACE_HEARTBEATS} is run again "
@@ -563,9 +563,6 @@ def _add_study_commands(commands: Any, formatter: type) -> None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from agents.study import StudySpec, run_study
-    from agents.train import TrainingInterrupted
-
     spec = StudySpec.load(args.spec)
     try:
         threads = args.threads or (None if "OMP_NUM_THREADS" in os.environ else 1)  # as --threads says
@@ -588,8 +585,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from agents.tune import TuneSettings, load_space, run_tune
-
     settings = TuneSettings(
         env=args.env, policy=args.policy, algo=args.algo, trials=args.trials, timesteps=args.timesteps,
         overrides=tuple(args.overrides), config_file=args.config, seed=args.seed,
@@ -610,8 +605,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agents.study import grid_study_dir, report_study
-
     if (args.storage is None) == (args.study_dir is None) or (args.storage is not None) != (args.study_name is not None):
         raise UsageError("give a STUDY_DIR, or --storage URL with --study-name NAME")
     study_dir = Path(args.study_dir) if args.study_dir else grid_study_dir(args.storage, args.study_name)

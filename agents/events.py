@@ -44,8 +44,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from torch.utils.tensorboard import SummaryWriter
 
+from agents.ram_info import find_ram_recorder, information_figure, module_information
 from agents.run_folder import atomic_write
+from envs.robustness import BURST_DEFAULTS, check_burst
 
 EVENT_KINDS = ("reward", "life_lost", "episode_start", "surprise", "perturbation")
 # Kinds found in every trace; ``perturbation`` only exists with a burst.
@@ -253,8 +256,6 @@ def write_events(
     mutual information: npz keys ``ram_information`` ``(sum N_l, V)`` (bits), ``ram_variables``,
     ``ram_values`` ``(T, B, V)``, and the figure ``ram_information.png`` / ``events/ram_information``.
     """
-    from agents.ram_info import find_ram_recorder, module_information
-
     arrays = event_averages(trace, observer, settings)
     recorder = find_ram_recorder(env) if env is not None else None
     if recorder is not None:
@@ -304,7 +305,7 @@ def _write_csv(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def event_figure(arrays: dict[str, np.ndarray], kind: str):
     """One matplotlib figure: layers side by side (columns); rows: module active fraction,
     switch rate, input attention shares; mean lines with 95% bands, the event at offset 0."""
-    import matplotlib
+    import matplotlib  # on first figure only: selecting the Agg backend is a process-wide choice
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -353,7 +354,6 @@ def event_figure(arrays: dict[str, np.ndarray], kind: str):
 
 def _write_figures(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     import matplotlib.pyplot as plt
-    from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(out_dir))
     try:
@@ -368,8 +368,6 @@ def _write_figures(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
             writer.add_figure(f"events/{kind}", fig, 0, close=True)
             plt.close(fig)
         if "ram_information" in arrays:
-            from agents.ram_info import information_figure
-
             fig = information_figure(
                 arrays["ram_information"], arrays["num_modules"].tolist(), tuple(arrays["ram_variables"].tolist()),
                 f"{arrays['ram_game']}: I(module active; RAM variable), {arrays['ram_values'].shape[0]} steps",
@@ -406,8 +404,6 @@ def event_settings(
     ``--perturb`` and ``--ram`` imply ``--events``; ``--perturb`` needs ``--at`` and ``--length``; ``--at``,
     ``--length`` and ``--perturb-level`` need ``--perturb``. Raises ValueError in one line.
     """
-    from envs.robustness import BURST_DEFAULTS, check_burst
-
     if perturb is None:
         orphans = [flag for flag, value in (("--at", at), ("--length", length), ("--perturb-level", level)) if value is not None]
         if orphans:

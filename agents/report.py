@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from stable_baselines3.common.monitor import LoadMonitorResultsError, load_results
 
 from agents.run_folder import MODEL_NAME, MONITOR_NAME, atomic_write
 
@@ -69,8 +70,6 @@ def read_monitor(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(steps, scores, seconds)`` of a run's ``monitor.csv`` (empty arrays if no game ended)."""
     if not (Path(run_dir) / MONITOR_NAME).is_file():
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-    from stable_baselines3.common.monitor import LoadMonitorResultsError, load_results
-
     try:
         frame = load_results(str(run_dir))
     except LoadMonitorResultsError:

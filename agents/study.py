@@ -25,6 +25,7 @@ study folder by default, PostgreSQL or MySQL to share a grid between machines.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -39,12 +40,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
+import torch
 import yaml
 
 from agents.config import TrainConfig, resolve_config
 from agents.registry import ALGOS, POLICIES
 from agents.report import REPORT_DIR, ReportFiles, final_score, finished, read_curve, read_monitor, slug, write_report
 from agents.run_folder import CONFIG_NAME, RunFolderError, atomic_write, hold_run_dir
+from agents.train import TrainingDiverged, TrainingInterrupted, train
 
 if TYPE_CHECKING:
     import optuna
@@ -335,8 +338,6 @@ def open_storage(url: str, heartbeat: Optional[int] = None) -> "optuna.storages.
 def _with_installed_postgresql_driver(url: str) -> str:
     """``postgresql://`` names no driver; SQLAlchemy's default changed from psycopg2 (2.0) to
     psycopg 3 (2.1): take whichever is installed, psycopg 3 first."""
-    import importlib.util
-
     for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
         if importlib.util.find_spec(module) is not None:
             return f"postgresql+{driver}://" + url.split("://", 1)[1]
@@ -511,7 +512,6 @@ def run_point(spec: StudySpec, point: GridPoint, study_dir: Path, wait_seconds: 
     A folder another live process trains in (a worker taken for dead that is in fact slow) is
     waited for: it then holds the finished run, and training here has nothing left to do.
     """
-    from agents.train import train
 
     run_dir = study_dir / RUNS_DIR / point.name
     config = spec.config(point)
@@ -573,7 +573,6 @@ def _requeue(study: "optuna.Study", storage: Any, trial_id: int, why: str) -> No
 
 def work(spec: StudySpec, url: str, study_dir: Path, heartbeat: int = HEARTBEAT_SECONDS, log=print) -> GridStatus:
     """One worker: take points until every point of the grid has finished; return the final status."""
-    from agents.train import TrainingDiverged, TrainingInterrupted
 
     storage = open_storage(url, heartbeat)
     study = open_grid_study(storage, spec, study_dir)
@@ -612,8 +611,6 @@ def work(spec: StudySpec, url: str, study_dir: Path, heartbeat: int = HEARTBEAT_
 def _set_threads(threads: Optional[int]) -> None:
     """torch's CPU threads for a worker (None: torch's own choice, e.g. from OMP_NUM_THREADS)."""
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
 
 
@@ -621,7 +618,6 @@ def _worker_process(spec: StudySpec, url: str, study_dir: Path, heartbeat: int, 
     """Entry point of a ``--workers N`` child: its own torch threads, SIGTERM as Ctrl-C."""
     _set_threads(threads)
     signal.signal(signal.SIGTERM, _terminated)
-    from agents.train import TrainingInterrupted
 
     try:
         work(spec, url, study_dir, heartbeat, log=lambda text: print(text, flush=True))

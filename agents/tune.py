@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 import yaml
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.config import TrainConfig, resolve_config
 from agents.config_files import CONFIG_DIR
@@ -33,6 +34,7 @@ from agents.registry import POLICIES
 from agents.report import slug
 from agents.run_folder import CONFIG_NAME, EVALUATIONS_NAME, atomic_write
 from agents.study import StudyError, default_storage, hide_password, open_storage, quiet_experimental, read_yaml, set_string
+from agents.train import TrainingDiverged, train
 
 if TYPE_CHECKING:
     import optuna
@@ -164,8 +166,6 @@ def _last_evaluation(run_dir: Path) -> float:
 
 def _pruning_callback(trial: "optuna.Trial"):
     """An SB3 callback run after each evaluation: report it, stop training when Optuna prunes."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
     class ReportEvaluation(BaseCallback):
         pruned = False
 
@@ -228,7 +228,6 @@ def run_tune(
     import optuna
     from optuna.trial import TrialState
 
-    from agents.train import TrainingDiverged, train
 
     if settings.space is None:
         settings.space = load_space(default_space_file(settings.algo), settings.policy)

@@ -22,6 +22,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.emulation import check_int
+
 MINATAR_PREFIX = "MinAtar/"
 # gymnasium name -> the minatar package's module name
 MINATAR_GAMES = {
@@ -93,10 +95,10 @@ def make_minatar_vec_env(
 
     ``info["episode"]`` carries the game's raw score at each game's end (SB3's ``Monitor``).
     """
+    # stable-baselines3 (and so torch) loads when an env is made, not at `import envs` (see envs/__init__.py).
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
-    from envs.emulation import check_int
     from envs.robustness import apply_robustness, parse_robustness
 
     register_minatar()
