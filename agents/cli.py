@@ -533,8 +533,8 @@ def _add_study_commands(commands: Any, formatter: type) -> None:
         "Each trial is a run folder; the best trial's settings are written as a config for `train --config`.",
     )
     tune.add_argument("--env", required=True, help="env id or Atari game")
-    tune.add_argument("--policy", choices=("brims", "lstm", "cnn"), required=True, help="policy")
-    tune.add_argument("--algo", choices=("ppo", "a2c"), default="ppo", help="algorithm (default ppo)")
+    tune.add_argument("--policy", choices=tuple(POLICIES), required=True, help="policy")
+    tune.add_argument("--algo", choices=tuple(ALGOS), default="ppo", help="algorithm (default ppo)")
     tune.add_argument("--trials", type=_int_at_least(1), required=True, metavar="N",
                       help="finished trials the study holds in the end (over all workers and machines)")
     tune.add_argument("--space", default=None, metavar="FILE", help="YAML search space (default configs/tune_<algo>.yaml)")
