@@ -1,0 +1,99 @@
+"""How far does one small weight step move a recurrent policy? (memory benchmark settings)
+
+Trains the memory benchmark's model (``benchmarks/memory_benchmark.py``: masked CartPole, 8 envs
+x 128 steps) for ``--steps`` env steps, then, on the next rollout and before its update, takes
+the policy-gradient loss of the first minibatch, moves the weights by ``-eps * sign(grad)``
+(the size of Adam's first step at learning rate eps) and measures the KL divergence between
+the policy before and after over the whole rollout, replayed in its training chunks. Reported
+for all weights at once and for each parameter tensor alone. A larger KL at the same eps means
+PPO's updates move that policy further (``train/approx_kl`` rises with it).
+
+    python benchmarks/update_sensitivity.py --core brims lstm --steps 8192 --eps 1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+import memory_benchmark
+
+
+class Measured(Exception):
+    """Raised from the training hook once measured: stops ``learn`` there."""
+
+
+def rollout_log_policy(model: Any, minibatches: list[Any]) -> torch.Tensor:
+    """Log action probabilities at every rollout step, ``(n_steps * n_envs, n_actions)``."""
+    policy = model.policy
+    rows = []
+    for batch in minibatches:
+        distribution = policy.get_distribution(batch.observations, batch.lstm_states.pi, batch.episode_starts)[0]
+        rows.append(distribution.distribution.logits.log_softmax(-1))
+    return torch.cat(rows)
+
+
+def kl_after_step(model: Any, minibatches: list[Any], base: torch.Tensor, params: list[torch.nn.Parameter], eps: float) -> float:
+    """Mean KL(before || after) over the rollout after a signed step on ``params``; restores them."""
+    saved = [param.detach().clone() for param in params]
+    with torch.no_grad():
+        for param in params:
+            param -= eps * torch.sign(param.grad)
+        moved = rollout_log_policy(model, minibatches)
+        for param, value in zip(params, saved):
+            param.copy_(value)
+    return float((base.exp() * (base - moved)).sum(-1).mean())
+
+
+def measure(core: str, steps: int, eps: float, seed: int) -> tuple[float, list[tuple[str, float]]]:
+    """Train ``steps`` env steps, then the KL for all weights and per parameter tensor."""
+    model = memory_benchmark.build_model("ours", core, seed)
+    result: dict[str, Any] = {}
+    train = model.train
+
+    def train_or_measure() -> None:
+        if model.num_timesteps >= steps and not result:
+            model.policy.set_training_mode(True)
+            minibatches = list(model.rollout_buffer.get(model.batch_size))
+            with torch.no_grad():
+                base = rollout_log_policy(model, minibatches)
+            first = minibatches[0]
+            actions = first.actions.long().flatten()
+            _, log_prob, _ = model.policy.evaluate_actions(first.observations, actions, first.lstm_states, first.episode_starts)
+            model.policy.zero_grad()
+            (-(first.advantages * torch.exp(log_prob - first.old_log_prob)).mean()).backward()
+            named = [(name, param) for name, param in model.policy.named_parameters() if param.grad is not None]
+            result["all"] = kl_after_step(model, minibatches, base, [param for _, param in named], eps)
+            result["each"] = [(name, kl_after_step(model, minibatches, base, [param], eps)) for name, param in named]
+            raise Measured
+        train()
+
+    model.train = train_or_measure
+    try:
+        model.learn(steps + 2 * model.n_steps * model.n_envs)
+    except Measured:
+        pass
+    model.get_env().close()
+    return result["all"], sorted(result["each"], key=lambda item: -item[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--core", nargs="+", default=["brims", "lstm"], choices=["brims", "lstm"])
+    parser.add_argument("--steps", type=int, default=8192, help="env steps trained before measuring")
+    parser.add_argument("--eps", type=float, default=1e-4, help="signed step size")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--top", type=int, default=5, help="parameter tensors listed per core")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for core in args.core:
+        total, each = measure(core, args.steps, args.eps, args.seed)
+        print(f"{core}: KL over the rollout after one signed step of {args.eps:g} on every weight: {total:.2e}")
+        for name, kl in each[: args.top]:
+            print(f"    {name:45s} alone: {kl:.2e}")
+
+
+if __name__ == "__main__":
+    main()
