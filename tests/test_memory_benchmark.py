@@ -17,10 +17,10 @@ import memory_benchmark  # noqa: E402
 
 TWO_LAYER_GAP = pytest.mark.xfail(
     strict=True,
-    reason="open issue: BRIMs (2 layers, top_k [4, 2]) reaches 361 at seed 1 on this project's machines, 323 on "
-    "average over seeds 1-5 (one of five >= 450) where the LSTM gets 460 (three of five) in the same pipeline; a "
-    "one-layer core with every module updated reaches 450 at 4 of 5 seeds (README, 'sb3-contrib's memory benchmark'); "
-    "strict, so the fix must remove this mark",
+    reason="open issue: BRIMs (2 layers, top_k [4, 2]) reaches 361 at seed 1 on this project's machines and "
+    "averages 323 over seeds 1-5 (one of five >= 450), where the LSTM gets 460 (three of five) in the same "
+    "pipeline, a two-layer LSTM 497 (five of five) and a one-layer BRIMs with every module updated 428 (four "
+    "of five) (README, 'sb3-contrib's memory benchmark'); strict, so the fix must remove this mark",
 )
 
 
