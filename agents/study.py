@@ -512,7 +512,6 @@ def run_point(spec: StudySpec, point: GridPoint, study_dir: Path, wait_seconds: 
     A folder another live process trains in (a worker taken for dead that is in fact slow) is
     waited for: it then holds the finished run, and training here has nothing left to do.
     """
-
     run_dir = study_dir / RUNS_DIR / point.name
     config = spec.config(point)
     while True:
@@ -573,7 +572,6 @@ def _requeue(study: "optuna.Study", storage: Any, trial_id: int, why: str) -> No
 
 def work(spec: StudySpec, url: str, study_dir: Path, heartbeat: int = HEARTBEAT_SECONDS, log=print) -> GridStatus:
     """One worker: take points until every point of the grid has finished; return the final status."""
-
     storage = open_storage(url, heartbeat)
     study = open_grid_study(storage, spec, study_dir)
     points = {p.name: p for p in spec.points}

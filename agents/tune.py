@@ -228,7 +228,6 @@ def run_tune(
     import optuna
     from optuna.trial import TrialState
 
-
     if settings.space is None:
         settings.space = load_space(default_space_file(settings.algo), settings.policy)
     check_settings(settings)
