@@ -58,6 +58,17 @@ def set_nested(settings: dict[str, Any], dotted_key: str, value: Any) -> None:
     settings[last] = value
 
 
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict of dotted keys to YAML values (see :func:`set_nested`)."""
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def build_model(pipeline: str, core: str, seed: int, overrides: Optional[dict[str, Any]] = None):
     """The benchmark's model (not trained) on a fresh ``VecNormalize`` training env."""
     settings: dict[str, Any] = dict(ALGORITHM_SETTINGS, policy_kwargs=dict(POLICY_SETTINGS[core]), seed=seed)
@@ -114,12 +125,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(parser, args.set)
     label = " ".join(args.set) or "defaults"
     print(f"| pipeline | core | settings | seed | mean reward (20 episodes) | >= {BAR:.0f} | last 100 training episodes | train wall s |")
     print("|---|---|---|---:|---:|---|---:|---:|")

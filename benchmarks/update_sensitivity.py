@@ -14,7 +14,7 @@ PPO's updates move that policy further (``train/approx_kl`` rises with it).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -47,9 +47,11 @@ def kl_after_step(model: Any, minibatches: list[Any], base: torch.Tensor, params
     return float((base.exp() * (base - moved)).sum(-1).mean())
 
 
-def measure(core: str, steps: int, eps: float, seed: int) -> tuple[float, list[tuple[str, float]]]:
+def measure(
+    core: str, steps: int, eps: float, seed: int, overrides: Optional[dict[str, Any]] = None
+) -> tuple[float, list[tuple[str, float]]]:
     """Train ``steps`` env steps, then the KL for all weights and per parameter tensor."""
-    model = memory_benchmark.build_model("ours", core, seed)
+    model = memory_benchmark.build_model("ours", core, seed, overrides)
     result: dict[str, Any] = {}
     train = model.train
 
@@ -86,10 +88,13 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=1e-4, help="signed step size")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--top", type=int, default=5, help="parameter tensors listed per core")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, as memory_benchmark.py's --set (policy_kwargs.core_kwargs.weight_init=uniform, ...)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    overrides = memory_benchmark.parse_overrides(parser, args.set)
     for core in args.core:
-        total, each = measure(core, args.steps, args.eps, args.seed)
+        total, each = measure(core, args.steps, args.eps, args.seed, overrides)
         print(f"{core}: KL over the rollout after one signed step of {args.eps:g} on every weight: {total:.2e}")
         for name, kl in each[: args.top]:
             print(f"    {name:45s} alone: {kl:.2e}")
