@@ -131,6 +131,10 @@ def write_results(runs: list[Run], runs_root: Path, out: Path, timesteps: int, w
     episode_rows, train_rows = [], []
     for run in runs:
         folder = run_dir(runs_root, run)
+        if not folder.is_dir():
+            # A grid whose policies have different seeds (a seed added later to some of them).
+            print(f"[learning] {run.name}: no run folder in {runs_root}, left out of the results", flush=True)
+            continue
         steps, scores, _ = read_monitor(folder)
         episode_rows += [(run.game, run.label, run.seed, int(s), float(r)) for s, r in zip(steps, scores)]
         train_rows += [(run.game, run.label, run.seed, *row) for row in read_train_scalars(folder)]

@@ -8,6 +8,12 @@ the policy before and after over the whole rollout, replayed in its training chu
 for all weights at once and for each parameter tensor alone. A larger KL at the same eps means
 PPO's updates move that policy further (``train/approx_kl`` rises with it).
 
+Two more readings of the all-weights step: the KL by position in the training chunk (a policy
+whose recurrence contracts has the same KL at every position; one whose recurrence expands
+small perturbations has a KL that grows along the chunk), and the KL at eps/10 (a smooth
+policy's KL is quadratic in eps, so the ratio is about 100; far less means a small step
+already flips discrete choices, such as which modules the top-k update picks).
+
     python benchmarks/update_sensitivity.py --core brims lstm --steps 8192 --eps 1e-4
 """
 
@@ -35,8 +41,11 @@ def rollout_log_policy(model: Any, minibatches: list[Any]) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def kl_after_step(model: Any, minibatches: list[Any], base: torch.Tensor, params: list[torch.nn.Parameter], eps: float) -> float:
-    """Mean KL(before || after) over the rollout after a signed step on ``params``; restores them."""
+def kl_after_step(
+    model: Any, minibatches: list[Any], base: torch.Tensor, params: list[torch.nn.Parameter], eps: float
+) -> torch.Tensor:
+    """KL(before || after) at every rollout step, ``(n_chunks, sequence_length)``, after a signed
+    step on ``params``; restores them."""
     saved = [param.detach().clone() for param in params]
     with torch.no_grad():
         for param in params:
@@ -44,13 +53,14 @@ def kl_after_step(model: Any, minibatches: list[Any], base: torch.Tensor, params
         moved = rollout_log_policy(model, minibatches)
         for param, value in zip(params, saved):
             param.copy_(value)
-    return float((base.exp() * (base - moved)).sum(-1).mean())
+    # The buffer's minibatches hold whole chunks, each sequence_length consecutive rows.
+    return (base.exp() * (base - moved)).sum(-1).view(-1, model.sequence_length)
 
 
-def measure(
-    core: str, steps: int, eps: float, seed: int, overrides: Optional[dict[str, Any]] = None
-) -> tuple[float, list[tuple[str, float]]]:
-    """Train ``steps`` env steps, then the KL for all weights and per parameter tensor."""
+def measure(core: str, steps: int, eps: float, seed: int, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Train ``steps`` env steps, then the KL of a step on all weights (``all``: per chunk
+    position, ``(sequence_length,)``; ``tenth``: the same at eps/10) and the mean KL of a step
+    on each parameter tensor alone (``each``: largest first)."""
     model = memory_benchmark.build_model("ours", core, seed, overrides)
     result: dict[str, Any] = {}
     train = model.train
@@ -67,8 +77,11 @@ def measure(
             model.policy.zero_grad()
             (-(first.advantages * torch.exp(log_prob - first.old_log_prob)).mean()).backward()
             named = [(name, param) for name, param in model.policy.named_parameters() if param.grad is not None]
-            result["all"] = kl_after_step(model, minibatches, base, [param for _, param in named], eps)
-            result["each"] = [(name, kl_after_step(model, minibatches, base, [param], eps)) for name, param in named]
+            every = [param for _, param in named]
+            result["all"] = kl_after_step(model, minibatches, base, every, eps).mean(0)
+            result["tenth"] = kl_after_step(model, minibatches, base, every, eps / 10).mean(0)
+            each = [(name, float(kl_after_step(model, minibatches, base, [param], eps).mean())) for name, param in named]
+            result["each"] = sorted(each, key=lambda item: -item[1])
             raise Measured
         train()
 
@@ -78,7 +91,7 @@ def measure(
     except Measured:
         pass
     model.get_env().close()
-    return result["all"], sorted(result["each"], key=lambda item: -item[1])
+    return result
 
 
 def main() -> None:
@@ -94,9 +107,14 @@ def main() -> None:
     torch.set_num_threads(1)
     overrides = memory_benchmark.parse_overrides(parser, args.set)
     for core in args.core:
-        total, each = measure(core, args.steps, args.eps, args.seed, overrides)
-        print(f"{core}: KL over the rollout after one signed step of {args.eps:g} on every weight: {total:.2e}")
-        for name, kl in each[: args.top]:
+        result = measure(core, args.steps, args.eps, args.seed, overrides)
+        by_position, tenth = result["all"], result["tenth"]
+        length = len(by_position)
+        positions = sorted({0, length // 4, length // 2, 3 * length // 4, length - 1})
+        print(f"{core}: KL over the rollout after one signed step of {args.eps:g} on every weight: {float(by_position.mean()):.2e}")
+        print("    by chunk position " + ", ".join(f"{p}: {float(by_position[p]):.1e}" for p in positions))
+        print(f"    KL(eps) / KL(eps/10): {float(by_position.mean() / tenth.mean()):.0f} (smooth: 100)")
+        for name, kl in result["each"][: args.top]:
             print(f"    {name:45s} alone: {kl:.2e}")
 
 
