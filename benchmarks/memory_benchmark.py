@@ -25,17 +25,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import sb3_contrib
 import torch
-import yaml
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 import envs
 from agents import RecurrentPPO
+from agents.config_files import apply_overrides
 
 TIMESTEPS = 50_000
 BAR = 450.0
@@ -50,32 +50,22 @@ POLICY_SETTINGS: dict[str, dict[str, Any]] = {
 POLICY_NAMES = {"lstm": "MlpLstmPolicy", "brims": "MlpBrimsPolicy"}
 
 
-def set_nested(settings: dict[str, Any], dotted_key: str, value: Any) -> None:
-    """``set_nested(d, "policy_kwargs.top_k", 3)`` sets ``d["policy_kwargs"]["top_k"] = 3``."""
-    *parents, last = dotted_key.split(".")
-    for parent in parents:
-        settings = settings.setdefault(parent, {})
-    settings[last] = value
+def check_overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> list[str]:
+    """``--set KEY=VALUE`` items, checked before any training (a bad one exits 2 with its line)."""
+    try:
+        apply_overrides(dict(ALGORITHM_SETTINGS, policy_kwargs={}), items)
+    except ValueError as error:
+        parser.error(str(error))
+    return list(items)
 
 
-def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` items as a dict of dotted keys to YAML values (see :func:`set_nested`)."""
-    overrides = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
-def build_model(pipeline: str, core: str, seed: int, overrides: Optional[dict[str, Any]] = None):
-    """The benchmark's model (not trained) on a fresh ``VecNormalize`` training env."""
+def build_model(pipeline: str, core: str, seed: int, overrides: Sequence[str] = ()):
+    """The benchmark's model (not trained) on a fresh ``VecNormalize`` training env; ``overrides``
+    are ``KEY=VALUE`` items as ``brims-rl train --set`` takes them (``policy_kwargs.top_k=[4,4]``)."""
     settings: dict[str, Any] = dict(ALGORITHM_SETTINGS, policy_kwargs=dict(POLICY_SETTINGS[core]), seed=seed)
     if pipeline == "ours":
         settings["sequence_length"] = 16
-    for key, value in (overrides or {}).items():
-        set_nested(settings, key, value)
+    settings = apply_overrides(settings, overrides)
     env = VecNormalize(envs.make_vec_env(envs.MASKED_CARTPOLE_ID, n_envs=8, seed=seed))
     algorithm = RecurrentPPO if pipeline == "ours" else sb3_contrib.RecurrentPPO
     policy: Any = POLICY_NAMES[core]
@@ -100,7 +90,7 @@ def evaluate(model: Any, seed: int) -> tuple[float, float]:
     return float(np.mean(rewards)), float(np.std(rewards))
 
 
-def run(pipeline: str, core: str, seed: int = 1, timesteps: int = TIMESTEPS, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run(pipeline: str, core: str, seed: int = 1, timesteps: int = TIMESTEPS, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train and evaluate once; returns the mean and std evaluation reward, the mean reward of
     the last 100 training episodes (stochastic policy; less noisy than 20 evaluation episodes)
     and the training wall time."""
@@ -125,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(parser, args.set)
+    overrides = check_overrides(parser, args.set)
     label = " ".join(args.set) or "defaults"
     print(f"| pipeline | core | settings | seed | mean reward (20 episodes) | >= {BAR:.0f} | last 100 training episodes | train wall s |")
     print("|---|---|---|---:|---:|---|---:|---:|")

@@ -20,7 +20,7 @@ already flips discrete choices, such as which modules the top-k update picks).
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import Any, Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def kl_after_step(
     return (base.exp() * (base - moved)).sum(-1).view(-1, model.sequence_length)
 
 
-def measure(core: str, steps: int, eps: float, seed: int, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def measure(core: str, steps: int, eps: float, seed: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``steps`` env steps, then the KL of a step on all weights (``all``: per chunk
     position, ``(sequence_length,)``; ``tenth``: the same at eps/10) and the mean KL of a step
     on each parameter tensor alone (``each``: largest first)."""
@@ -105,7 +105,7 @@ def main() -> None:
                         help="override, as memory_benchmark.py's --set (policy_kwargs.core_kwargs.weight_init=uniform, ...)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides = memory_benchmark.parse_overrides(parser, args.set)
+    overrides = memory_benchmark.check_overrides(parser, args.set)
     for core in args.core:
         result = measure(core, args.steps, args.eps, args.seed, overrides)
         by_position, tenth = result["all"], result["tenth"]
