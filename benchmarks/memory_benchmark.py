@@ -9,13 +9,16 @@ episodes (a memoryless policy gets about 50).
 
 Pipelines: ``sb3`` (``sb3_contrib.RecurrentPPO``, whole-episode padded sequences) and
 ``ours`` (``agents.RecurrentPPO``, fixed-length chunks). Cores: ``lstm`` (64 units, critic
-LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy``, hidden 64, 2 layers of 4 modules;
-as in the shipped configs the first layer updates every module and the top layer its best 2:
-``top_k=[4, 2]``; ``--set policy_kwargs.top_k=2`` is the issue's all-sparse core).
+LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy`` with its defaults for flat
+observations, hidden 64, 2 layers of 4 modules; as in the shipped configs the first layer
+updates every module, and the top layer its best 3: ``top_k=[4, 3]``; with top-down reading
+a top layer half of whose modules sit out each step, ``[4, 2]``, it learns less, README;
+``--set policy_kwargs.top_k=2`` is the issue's all-sparse core).
 
 Examples::
 
     python benchmarks/memory_benchmark.py --pipeline ours sb3 --core lstm brims
+    python benchmarks/memory_benchmark.py --pipeline ours --core brims --seeds 1 2 3 4 5 --jobs 2
     python benchmarks/memory_benchmark.py --pipeline ours --core brims --seeds 1 2 3 \\
         --set sequence_length=32 --set policy_kwargs.critic_core=separate
 """
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -45,7 +50,7 @@ ALGORITHM_SETTINGS: dict[str, Any] = dict(
 )
 POLICY_SETTINGS: dict[str, dict[str, Any]] = {
     "lstm": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, lstm_hidden_size=64, enable_critic_lstm=True),
-    "brims": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, hidden_size=64, num_modules=4, top_k=[4, 2]),
+    "brims": dict(net_arch=dict(vf=[64], pi=[]), ortho_init=False, hidden_size=64, num_modules=4, top_k=[4, 3]),
 }
 POLICY_NAMES = {"lstm": "MlpLstmPolicy", "brims": "MlpBrimsPolicy"}
 
@@ -104,6 +109,20 @@ def run(pipeline: str, core: str, seed: int = 1, timesteps: int = TIMESTEPS, ove
     return dict(pipeline=pipeline, core=core, seed=seed, mean=mean, std=std, train_reward=train_reward, seconds=seconds)
 
 
+def run_seeds(
+    pipeline: str, core: str, seeds: Sequence[int], jobs: int = 1, overrides: Sequence[str] = (),
+    timesteps: int = TIMESTEPS,
+) -> list[dict[str, Any]]:
+    """:func:`run` for each seed, ``jobs`` processes at once with one torch thread each (the
+    thread count changes the floating-point sums, so a seed's result is only comparable at
+    the same count); results in the order of ``seeds``."""
+    jobs = max(1, min(jobs, len(seeds)))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(run, pipeline, core, seed, timesteps, list(overrides)) for seed in seeds]
+        return [future.result() for future in futures]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"])
@@ -112,17 +131,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override (YAML value): sequence_length=32, policy_kwargs.critic_core=separate, ...")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; with --jobs 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process and torch thread each")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.jobs < 1:
+        parser.error(f"--threads {args.threads} --jobs {args.jobs}: both must be >= 1")
     torch.set_num_threads(args.threads)
     overrides = check_overrides(parser, args.set)
     label = " ".join(args.set) or "defaults"
     print(f"| pipeline | core | settings | seed | mean reward (20 episodes) | >= {BAR:.0f} | last 100 training episodes | train wall s |")
     print("|---|---|---|---:|---:|---|---:|---:|")
-    for pipeline, core, seed in itertools.product(args.pipeline, args.core, args.seeds):
-        result = run(pipeline, core, seed, args.timesteps, overrides)
-        passed = "yes" if result["mean"] >= BAR else "no"
-        print(f"| {pipeline} | {core} | {label} | {seed} | {result['mean']:.0f} +/- {result['std']:.0f} | {passed} | {result['train_reward']:.0f} | {result['seconds']:.0f} |", flush=True)
+    for pipeline, core in itertools.product(args.pipeline, args.core):
+        if args.jobs > 1:
+            results = run_seeds(pipeline, core, args.seeds, args.jobs, overrides, args.timesteps)
+        else:
+            results = (run(pipeline, core, seed, args.timesteps, overrides) for seed in args.seeds)
+        for result in results:
+            passed = "yes" if result["mean"] >= BAR else "no"
+            print(f"| {pipeline} | {core} | {label} | {result['seed']} | {result['mean']:.0f} +/- {result['std']:.0f} | {passed} | {result['train_reward']:.0f} | {result['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

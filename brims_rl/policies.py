@@ -37,7 +37,8 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
     BRIMs options (everything else is ``RecurrentActorCriticPolicy``'s):
         hidden_size: state size of every BRIMs layer.
         num_layers, num_modules, top_k, cell, top_down: see :class:`brims_rl.BRIMs`.
-        core_kwargs: any further ``BRIMs`` argument (attention sizes, dropout, ...).
+        core_kwargs: any further ``BRIMs`` argument (attention sizes, dropout, ...), on top of
+            the class's :attr:`core_defaults`.
         critic_core: where the value head reads from.
             ``"shared"`` (default): the actor's core output, and the value loss trains the
             core too (one core per step: half the cost of two; CleanRL's LSTM agents share
@@ -48,6 +49,10 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
     Shapes: the core is fed ``(T, n_seq, features_dim)`` and its state is
     ``(num_layers, n_seq, hidden_size)`` for h and c, exactly as sb3-contrib's LSTM.
     """
+
+    #: ``BRIMs`` arguments this policy class sets unless ``core_kwargs`` gives them (the core's
+    #: own defaults are made for a CNN's wide ReLU features; see :class:`MlpBrimsPolicy`).
+    core_defaults: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -86,7 +91,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
             top_k=top_k,
             cell=cell,
             top_down=top_down,
-            **check_core_kwargs(core_kwargs, CORE_ARGUMENTS, "the policy"),
+            **{**self.core_defaults, **check_core_kwargs(core_kwargs, CORE_ARGUMENTS, "the policy")},
         )
         # Check the core's arguments before the parent builds anything, so a bad value
         # fails with BRIMs' own message, not deep inside SB3.
@@ -179,7 +184,16 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
 
 
 class MlpBrimsPolicy(BrimsPolicy):
-    """BRIMs policy over flat observations (``FlattenExtractor``)."""
+    """BRIMs policy over flat observations (``FlattenExtractor``).
+
+    Its core starts from ``nn.LSTM``-style uniform weights with no LayerNorm between layers
+    (``weight_init="uniform"``, ``state_norm=False``): a few normalised observation features
+    carry their signal through both layers without them, and with them the loop between two
+    layers (bottom-up, then top-down back) amplified small weight steps along the sequence
+    (README, "sb3-contrib's memory benchmark": with these it learns that task as the LSTM does).
+    """
+
+    core_defaults = dict(weight_init="uniform", state_norm=False)
 
     def __init__(self, *args: Any, features_extractor_class=FlattenExtractor, **kwargs: Any) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

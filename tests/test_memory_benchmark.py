@@ -15,18 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import memory_benchmark  # noqa: E402
 
 
-TWO_LAYER_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="open issue: BRIMs (2 layers, top_k [4, 2]) reaches 361 at seed 1 on this project's machines and "
-    "averages 323 over seeds 1-5 (one of five >= 450), where the LSTM gets 460 (three of five) in the same "
-    "pipeline, a two-layer LSTM 497 (five of five) and a one-layer BRIMs with every module updated 428 (four "
-    "of five) (README, 'sb3-contrib's memory benchmark'); strict, so the fix must remove this mark",
-)
-
-
 # The result of one seed depends on the machine's floating-point paths: LSTM seed 1 reached 500
 # on the CI machine and on this one in an earlier session, 357 on this one later (seeds 2 and 3:
-# 441 and 500). So a core passes when one of three seeds reaches the bar, tried in order (one
+# 441 and 500). So the LSTM passes when one of three seeds reaches the bar, tried in order (one
 # run where seed 1 passes); a memoryless policy gets about 50 on every seed.
 SEEDS = (1, 2, 3)
 
@@ -41,8 +32,15 @@ def test_lstm_solves_cartpole_without_velocities():
     pytest.fail(f"no seed reached {memory_benchmark.BAR}: {results}")
 
 
+# BRIMs must reach the bar on two of the three seeds, a stricter rule than the LSTM's: the
+# previous benchmark core (top_k [4, 2] with the CNN's signal-flow defaults) reached it on one
+# of them (361, 467, 232), and one lucky seed should not pass a core that learns the task less
+# often. The seeds run two at a time, one torch thread each, as the README's figures.
+BRIMS_PASSES = 2
+
+
 @pytest.mark.slow
-@TWO_LAYER_GAP
 def test_brims_solves_cartpole_without_velocities():
-    result = memory_benchmark.run("ours", "brims", seed=SEEDS[0])
-    assert result["mean"] >= memory_benchmark.BAR, result
+    results = memory_benchmark.run_seeds("ours", "brims", SEEDS, jobs=2)
+    passed = [result["seed"] for result in results if result["mean"] >= memory_benchmark.BAR]
+    assert len(passed) >= BRIMS_PASSES, results

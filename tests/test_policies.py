@@ -511,6 +511,27 @@ def test_separate_critic_core_trains_and_survives_save_load(tmp_path, cartpole_e
     assert torch.equal(got, expected)
 
 
+def test_mlp_policy_core_defaults_are_its_own_and_survive_save_load(tmp_path, cartpole_env, pong_env):
+    """MlpBrimsPolicy starts its core from uniform weights without LayerNorm between layers;
+    core_kwargs overrides that, CnnBrimsPolicy keeps the core's defaults, and a saved model
+    rebuilds the core it trained (the options are stored resolved)."""
+    model = RecurrentPPO("MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, seed=0, policy_kwargs=TINY_BRIMS)
+    top = model.policy.lstm_actor.layers[1]
+    assert top.weight_init == "uniform" and isinstance(top.bottom_up_norm, torch.nn.Identity)
+    overridden = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, seed=0,
+        policy_kwargs=dict(TINY_BRIMS, core_kwargs=dict(state_norm=True)),
+    ).policy.lstm_actor.layers[1]
+    assert overridden.weight_init == "uniform" and isinstance(overridden.bottom_up_norm, torch.nn.LayerNorm)
+    cnn_top = RecurrentPPO("CnnBrimsPolicy", pong_env, n_steps=16, batch_size=32, seed=0, policy_kwargs=TINY_BRIMS)
+    assert cnn_top.policy.lstm_actor.layers[1].weight_init == "fan_in"
+    assert isinstance(cnn_top.policy.lstm_actor.layers[1].bottom_up_norm, torch.nn.LayerNorm)
+    model.save(tmp_path / "mlp.zip")
+    loaded = brims_rl.load(tmp_path / "mlp.zip", device="cpu")
+    assert loaded.policy.core_options == model.policy.core_options
+    assert loaded.policy.core_options["weight_init"] == "uniform" and loaded.policy.core_options["state_norm"] is False
+
+
 # --- MultiInputBrimsPolicy on dict observations ----------------------------------------------
 
 
