@@ -32,15 +32,18 @@ def test_lstm_solves_cartpole_without_velocities():
     pytest.fail(f"no seed reached {memory_benchmark.BAR}: {results}")
 
 
-# BRIMs must reach the bar on two of the three seeds, a stricter rule than the LSTM's: the
-# previous benchmark core (top_k [4, 2] with the CNN's signal-flow defaults) reached it on one
-# of them (361, 467, 232), and one lucky seed should not pass a core that learns the task less
-# often. The seeds run two at a time, one torch thread each, as the README's figures.
-BRIMS_PASSES = 2
+# BRIMs: one of the three seeds must reach the bar, as for the LSTM, and the three must average
+# at least 400. A seed is a lottery (the core's five seeds here: 419 / 492 / 500 / 498 / 382, the
+# LSTM's 357 / 441 / 500 / 500 / 500), but no three of those average below 430, while the core
+# before the fix (top_k [4, 2] with the CNN's signal-flow defaults: 361 / 467 / 232 / 192 / 364)
+# has no three averaging 398 or more. The seeds run two at a time, one torch thread each, as the
+# README's figures.
+BRIMS_MEAN_BAR = 400.0
 
 
 @pytest.mark.slow
 def test_brims_solves_cartpole_without_velocities():
     results = memory_benchmark.run_seeds("ours", "brims", SEEDS, jobs=2)
-    passed = [result["seed"] for result in results if result["mean"] >= memory_benchmark.BAR]
-    assert len(passed) >= BRIMS_PASSES, results
+    means = [result["mean"] for result in results]
+    assert max(means) >= memory_benchmark.BAR, results
+    assert sum(means) / len(means) >= BRIMS_MEAN_BAR, results
