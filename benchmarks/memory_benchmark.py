@@ -10,8 +10,8 @@ episodes (a memoryless policy gets about 50).
 Pipelines: ``sb3`` (``sb3_contrib.RecurrentPPO``, whole-episode padded sequences) and
 ``ours`` (``agents.RecurrentPPO``, fixed-length chunks). Cores: ``lstm`` (64 units, critic
 LSTM, as sb3-contrib's test) and ``brims`` (``MlpBrimsPolicy`` with its defaults for flat
-observations, hidden 64, 2 layers of 4 modules; as in the shipped configs the first layer
-updates every module, and the top layer its best 3: ``top_k=[4, 3]``; with top-down reading
+observations, hidden 64, 2 layers of 4 modules; the first layer updates every module, as
+in the shipped configs, and the top layer its best 3: ``top_k=[4, 3]``; with top-down reading
 a top layer half of whose modules sit out each step, ``[4, 2]``, it learns less, README;
 ``--set policy_kwargs.top_k=2`` is the issue's all-sparse core).
 
