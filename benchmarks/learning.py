@@ -19,6 +19,8 @@ Examples::
         --timesteps 300000 --out docs/results/breakout_300k
     python benchmarks/learning.py --games breakout --policies brims --label no_top_down \\
         --set policy_kwargs.top_down=none --timesteps 100000 --out docs/results/ablation
+    python benchmarks/learning.py --games breakout --policies brims lstm --also-labels no_top_down \\
+        --timesteps 100000 --out docs/results/ablation --report-only   # one table and plot for all
 """
 
 from __future__ import annotations
@@ -250,6 +252,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs-root", type=Path, default=Path("runs/learning"), help="where run folders go (not committed)")
     parser.add_argument("--out", type=Path, required=True, help="results folder (CSV, PNG, summary.md)")
     parser.add_argument("--report-only", action="store_true", help="write results from the run folders, train nothing")
+    parser.add_argument(
+        "--also-labels", nargs="+", default=[], metavar="LABEL",
+        help="add to the results the runs trained earlier with --label LABEL (same games, seeds and --out); not trained",
+    )
     parser.add_argument("--brims-rl", default=str(Path(sys.executable).with_name("brims-rl")), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.label and len(args.policies) != 1:
@@ -269,7 +275,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     runs_root.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_all(runs, args, runs_root)
-    write_results(runs, runs_root, args.out, args.timesteps, args.window)
+    variants = [Run(game, label, label, seed) for game in args.games for label in args.also_labels for seed in args.seeds]
+    write_results(runs + variants, runs_root, args.out, args.timesteps, args.window)
 
 
 if __name__ == "__main__":

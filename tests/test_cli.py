@@ -356,7 +356,9 @@ def test_analyze_writes_npz_and_tensorboard(run_dir: Path, tmp_path: Path) -> No
     out_dir = tmp_path / "analysis"
     ok(cli("analyze", str(run_dir), "--episodes", "1", "--out", str(out_dir), *THREADS))
     with np.load(out_dir / "analysis.npz") as data:
-        for layer, top_k in enumerate((6, 4)):  # the configs' top_k [6, 4]
+        top_ks = TrainConfig.load(run_dir / "config.yaml").hyperparams["policy_kwargs"]["top_k"]
+        assert data["top_k"].tolist() == list(top_ks) and len(top_ks) == 2
+        for layer, top_k in enumerate(top_ks):
             masks = data[f"layer{layer}_masks"]
             assert masks.shape[1:] == (1, 6) and masks.shape[0] >= 100
             assert (masks.sum(-1) == top_k).all()  # exactly top_k of 6 active at every step
