@@ -45,7 +45,10 @@ RUN_KEYS: dict[str, Check] = {
     "checkpoint_freq": int_in(0),  # env steps between checkpoints; 0 turns them off
     "activation_log_interval": int_in(0),  # rollouts between BRIMs activation logs; 0 turns it off
     "log_interval": int_in(1),  # rollouts between console/TensorBoard log dumps
+    "compile_core": boolean,  # torch.compile the BRIMs core (for GPUs: BrimsPolicy.compile_cores)
 }
+# Run keys that only a BRIMs policy takes.
+BRIMS_RUN_KEYS = frozenset({"activation_log_interval", "compile_core"})
 # Constructor arguments of a non-Atari gymnasium env (``env_kwargs: {delay: 8}`` for CueMemory).
 ENV_KWARGS_KEY = "env_kwargs"
 
@@ -163,7 +166,7 @@ ENV_KEYS = frozenset(env_keys(atari=True)) | (
 def allowed_keys(algo: str, policy: str, atari: bool, minatar: bool = False) -> dict[str, Check]:
     """Every hyperparameter key valid for this (algorithm, policy, env kind), with its check
     (a key without a check passes through as written)."""
-    run_keys = [key for key in RUN_KEYS if policy == "brims" or key != "activation_log_interval"]
+    run_keys = [key for key in RUN_KEYS if policy == "brims" or key not in BRIMS_RUN_KEYS]
     keys = [*env_keys(atari, minatar), *run_keys, *algorithm_keys(algo, policy)]
     return {key: RUN_KEYS.get(key) or CHECKS.get(key, as_written) for key in keys}
 

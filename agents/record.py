@@ -69,12 +69,17 @@ class _FrameSink:
         self.path, self.fps, self.shown, self.n_frames = path, fps, shown, 0
         self._frames: list[np.ndarray] = []
         # ffmpeg's yuv420p needs even sides; Atari screens (210x160) already are. ffmpeg stays
-        # quiet: a failure is reported once, as the OS error behind it (see _why).
-        self._writer = (
-            imageio.get_writer(path, fps=fps, macro_block_size=2, ffmpeg_log_level="quiet")
-            if path.suffix.lower() == ".mp4"
-            else None
-        )
+        # quiet: a failure is reported once, as the OS error behind it (see _why). The plugin is
+        # named: left to choose by extension, imageio without imageio-ffmpeg picks an image
+        # writer and fails later with an unrelated message.
+        self._writer = None
+        if path.suffix.lower() == ".mp4":
+            try:
+                self._writer = imageio.get_writer(
+                    path, format="FFMPEG", fps=fps, macro_block_size=2, ffmpeg_log_level="quiet"
+                )
+            except ImportError as error:
+                raise OSError(f"could not write {str(shown)!r}: {error}") from None
 
     def add(self, frame: np.ndarray) -> None:
         if self._writer is not None:

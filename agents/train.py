@@ -509,6 +509,8 @@ def train(
                 model = load(resume_from, env=env, device=config.device)
                 model.tensorboard_log = tb_dir  # the run folder may have moved since
                 model.verbose = verbose
+            if config.hyperparams.get("compile_core"):
+                model.policy.compile_cores()
             config.save(run_dir / CONFIG_NAME)
             callbacks, eval_envs = build_callbacks(
                 config, run_dir, eval_seed=seed + 10_000, after_evaluation=after_evaluation, resume_steps=start_steps

@@ -7,7 +7,9 @@ minibatch 256), for a fixed budget of environment steps after one untimed warm-u
       users have today; its own padded-sequence buffer);
   (b) ``agents.RecurrentPPO("CnnBrimsPolicy")`` on ``envs.make_atari_vec_env(backend="ale")``,
       BRIMs defaults (2 layers, 6 modules, top-4);
-  (c) ``agents.RecurrentPPO("CnnLstmPolicy")`` on the same "ale" env (same LSTM as (a)).
+  (c) ``agents.RecurrentPPO("CnnLstmPolicy")`` on the same "ale" env (same LSTM as (a));
+  (d) only with ``--only abcd``: (b) with its core compiled (``BrimsPolicy.compile_cores``),
+      for GPUs (compiling takes minutes on a CPU; it happens in the untimed warm-up).
 
 Printed: whole-loop steps/s (rollouts plus updates) and its ratio to (a); rollout-only
 steps/s (time spent collecting rollouts); and the raw ``AtariVectorEnv`` random-action rate,
@@ -74,10 +76,13 @@ def contrib_lstm(game: str, n_envs: int, device: str) -> BaseAlgorithm:
     return sb3_contrib.RecurrentPPO("CnnLstmPolicy", env, device=device, seed=0, **PPO_SETTINGS)
 
 
-def ours(policy: str) -> Callable[[str, int, str], BaseAlgorithm]:
+def ours(policy: str, compile_core: bool = False) -> Callable[[str, int, str], BaseAlgorithm]:
     def build(game: str, n_envs: int, device: str) -> BaseAlgorithm:
         env = envs.make_atari_vec_env(game, n_envs=n_envs, seed=0, backend="ale")
-        return RecurrentPPO(policy, env, device=device, seed=0, **PPO_SETTINGS)  # default sequence_length (8)
+        model = RecurrentPPO(policy, env, device=device, seed=0, **PPO_SETTINGS)  # default sequence_length (8)
+        if compile_core:
+            model.policy.compile_cores()  # compiled during the untimed warm-up rollout and update
+        return model
 
     return build
 
@@ -86,6 +91,8 @@ CONFIGS: dict[str, tuple[str, Callable[[str, int, str], BaseAlgorithm]]] = {
     "a": ("sb3-contrib RecurrentPPO CnnLstmPolicy, make_atari_env", contrib_lstm),
     "b": ("brims-rl RecurrentPPO CnnBrimsPolicy, backend ale", ours("CnnBrimsPolicy")),
     "c": ("brims-rl RecurrentPPO CnnLstmPolicy, backend ale", ours("CnnLstmPolicy")),
+    # Opt in (--only abcd): compiling takes minutes on a CPU; on a GPU it is what makes (b) fast.
+    "d": ("brims-rl RecurrentPPO CnnBrimsPolicy, backend ale, core compiled", ours("CnnBrimsPolicy", compile_core=True)),
 }
 
 

@@ -115,6 +115,18 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
         self.activation_recorder = None
 
+    def compile_cores(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` the BRIMs core(s) in place; ``compile_kwargs`` go to ``torch.compile``.
+
+        For GPUs: there the eager core is bound by kernel launches (one step is about 80 small
+        operations), and a compiled core trained Atari PPO 1.8x faster on an H100 (README,
+        Performance). Each (steps, batch) shape compiles once, a minute or more the first time
+        (rollout, minibatch, evaluation); nothing of it is saved with the model.
+        """
+        for core in (self.lstm_actor, self.lstm_critic):
+            if isinstance(core, BRIMs):
+                core.compile(**{"dynamic": False, **compile_kwargs})
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         """What ``policy.save`` needs to rebuild this policy, the core's options included."""
         data = super()._get_constructor_parameters()

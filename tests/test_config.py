@@ -72,3 +72,12 @@ def test_atari_only_keys_are_one_list_that_config_and_make_env_refuse() -> None:
             resolve_config("ppo", env_id=CUE, overrides=[f"{key}=1"])
         with pytest.raises(ValueError, match=f"{key} only apply to Atari"):
             envs.make_env(CUE, n_envs=1, **{key: 1})
+
+
+def test_compile_core_is_a_brims_run_key() -> None:
+    assert resolve_config("ppo", policy="brims", env_id=CUE, overrides=["compile_core=true"]).hyperparams["compile_core"] is True
+    for policy in ("lstm", "cnn"):
+        with pytest.raises(ValueError, match=f"unknown config key 'compile_core' for ppo/{policy}"):
+            resolve_config("ppo", policy=policy, env_id=CUE, overrides=["compile_core=true"])
+    with pytest.raises(ValueError, match="'compile_core': got 'fast'"):
+        resolve_config("ppo", policy="brims", env_id=CUE, overrides=["compile_core=fast"])

@@ -78,12 +78,13 @@ def test_policy_by_name_and_options(cartpole_env):
 def value_loss_gradient(policy, obs: torch.Tensor) -> dict[str, bool]:
     """Which parameter groups get gradient from the value head alone."""
     policy.zero_grad()
+    obs = obs.to(policy.device)
     n_envs = obs.shape[0]
     core = policy.lstm_actor
-    zeros = torch.zeros(core.num_layers, n_envs, core.hidden_size)
+    zeros = torch.zeros(core.num_layers, n_envs, core.hidden_size, device=policy.device)
     states = RNNStates((zeros, zeros), (zeros, zeros))
-    actions = torch.zeros(n_envs)
-    values, _, _ = policy.evaluate_actions(obs, actions, states, torch.zeros(n_envs))
+    actions = torch.zeros(n_envs, device=policy.device)
+    values, _, _ = policy.evaluate_actions(obs, actions, states, torch.zeros(n_envs, device=policy.device))
     values.sum().backward()
     def has_grad(module):
         return module is not None and any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
@@ -267,7 +268,7 @@ SAVED_PREDICT = textwrap.dedent(
     """
     import sys, numpy as np, sb3_contrib
     data = np.load(sys.argv[2])
-    model = sb3_contrib.RecurrentPPO.load(sys.argv[1], device="cpu")
+    model = sb3_contrib.RecurrentPPO.load(sys.argv[1], device=sys.argv[4])
     print(type(model.policy).__module__, type(model.policy).__name__, type(model.policy.lstm_actor).__name__)
     state, actions = None, []
     for obs, start in zip(data["obs"], data["starts"]):
@@ -301,7 +302,10 @@ def test_save_then_plain_sb3_contrib_load_in_fresh_process(tmp_path, pong_env):
     script = tmp_path / "predict.py"
     script.write_text(SAVED_PREDICT)
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "model.zip"), str(tmp_path / "inputs.npz"), str(tmp_path / "a.npy")],
+        # On the model's device: a briefly trained core's top-k choices are near ties, which
+        # float differences between devices (cuDNN's TF32 convolutions) can break either way.
+        [sys.executable, str(script), str(tmp_path / "model.zip"), str(tmp_path / "inputs.npz"), str(tmp_path / "a.npy"),
+         str(model.device)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -384,7 +388,7 @@ def test_brims_extractor_with_plain_sb3(pong_env, algorithm):
     before = core_snapshot(extractor.core)
     model.learn(32)
     assert any(not torch.equal(before[k], v) for k, v in extractor.core.state_dict().items())
-    obs = torch.as_tensor(model.env.reset()).float() / 255.0  # SB3 made the stack channel-first
+    obs = torch.as_tensor(model.env.reset(), device=model.device).float() / 255.0  # SB3 made the stack channel-first
     assert obs.shape == (2, 4, 84, 84)
     assert extractor(obs).shape == (2, 24)
 
@@ -498,13 +502,14 @@ def test_separate_critic_core_trains_and_survives_save_load(tmp_path, cartpole_e
     for layer in range(critic.num_layers):
         assert not torch.equal(before[f"layers.{layer}.cell_weight"], critic.layers[layer].cell_weight)
     model.save(tmp_path / "separate.zip")
-    loaded = brims_rl.load(tmp_path / "separate.zip", device="cpu")
+    loaded = brims_rl.load(tmp_path / "separate.zip", device=model.device)
     assert loaded.policy.critic_core == "separate" and isinstance(loaded.policy.lstm_critic, BRIMs)
     for name, value in critic.state_dict().items():
         assert torch.equal(loaded.policy.lstm_critic.state_dict()[name], value), name
-    obs = torch.as_tensor(cartpole_env.reset(), dtype=torch.float32)
-    states = RNNStates(_random_states(critic, 4), _random_states(critic, 4))
-    starts, actions = torch.zeros(4), torch.zeros(4)
+    device = model.device
+    obs = torch.as_tensor(cartpole_env.reset(), dtype=torch.float32, device=device)
+    states = RNNStates(*(tuple(t.to(device) for t in _random_states(critic, 4)) for _ in range(2)))
+    starts, actions = torch.zeros(4, device=device), torch.zeros(4, device=device)
     with torch.no_grad():
         expected = model.policy.evaluate_actions(obs, actions, states, starts)[0]
         got = loaded.policy.evaluate_actions(obs, actions, states, starts)[0]
@@ -578,7 +583,7 @@ def test_multi_input_policy_trains_and_round_trips(tmp_path):
     starts[0] = True
     expected = deterministic_actions(model, observations, starts)
     model.save(tmp_path / "dict.zip")
-    loaded = brims_rl.load(tmp_path / "dict.zip", device="cpu")
+    loaded = brims_rl.load(tmp_path / "dict.zip", device=model.device)  # same device: an exact round trip
     assert isinstance(loaded.policy, MultiInputBrimsPolicy)
     assert np.array_equal(deterministic_actions(loaded, observations, starts), expected)
     env.close()
@@ -623,11 +628,47 @@ def test_brims_extractor_on_float_frames_trains_and_matches_uint8():
     float_obs = floats.reset()
     np.testing.assert_array_equal(float_obs, uint8_obs.astype(np.float32) / 255.0)
     with torch.no_grad():
-        from_uint8 = reference.policy.extract_features(torch.as_tensor(uint8_obs))
-        from_float = model.policy.extract_features(torch.as_tensor(float_obs))
+        from_uint8 = reference.policy.extract_features(torch.as_tensor(uint8_obs, device=reference.device))
+        from_float = model.policy.extract_features(torch.as_tensor(float_obs, device=model.device))
     torch.testing.assert_close(from_float, from_uint8, rtol=0, atol=1e-6)
     frames.close()
     floats.close()
+
+
+# --- torch.compile ---------------------------------------------------------------------------------
+
+
+def test_compiled_cores_match_eager_and_save_as_before(tmp_path, cartpole_env):
+    """compile_cores ("aot_eager" here: torch.compile's graph capture and autograd, without
+    the C++/Triton code generation a GPU run uses) keeps the core's outputs, gradients and
+    state_dict, and the model saves and loads as before (training with it: train_speed's (d))."""
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, seed=0, device="cpu",
+        policy_kwargs=dict(TINY_BRIMS, critic_core="separate"),
+    )
+    core = model.policy.lstm_actor
+    torch.manual_seed(1)
+    x = torch.randn(5, 3, core.input_size, requires_grad=True)
+    starts = torch.zeros(5, 3)
+    starts[2, 1] = 1.0
+
+    def run() -> tuple[torch.Tensor, ...]:
+        out, (h, c) = core(x, _random_states(core, 3), episode_starts=starts)
+        (gradient,) = torch.autograd.grad(out.square().sum() + h.sum(), x)
+        return out, h, c, gradient
+
+    torch.manual_seed(2)
+    eager = run()
+    keys = list(model.policy.state_dict())
+    model.policy.compile_cores(backend="aot_eager")
+    torch.manual_seed(2)
+    for got, expected in zip(run(), eager):
+        torch.testing.assert_close(got, expected)
+    assert list(model.policy.state_dict()) == keys
+    model.save(tmp_path / "compiled.zip")
+    loaded = brims_rl.load(tmp_path / "compiled.zip", device="cpu")
+    for name, value in model.policy.state_dict().items():
+        assert torch.equal(loaded.policy.state_dict()[name], value), name
 
 
 # --- CUDA --------------------------------------------------------------------------------------------
