@@ -302,8 +302,8 @@ def test_save_then_plain_sb3_contrib_load_in_fresh_process(tmp_path, pong_env):
     script = tmp_path / "predict.py"
     script.write_text(SAVED_PREDICT)
     result = subprocess.run(
-        # On the model's device: a briefly trained core's top-k choices are near ties, which
-        # float differences between devices (cuDNN's TF32 convolutions) can break either way.
+        # On the model's device: a briefly trained core's top-k choices are near ties (exact
+        # ties at zero states, which torch.topk breaks differently on CPU and CUDA).
         [sys.executable, str(script), str(tmp_path / "model.zip"), str(tmp_path / "inputs.npz"), str(tmp_path / "a.npy"),
          str(model.device)],
         capture_output=True, text=True, timeout=120,
@@ -437,9 +437,9 @@ def _zero_states(core: BRIMs, batch: int = 1) -> tuple[torch.Tensor, torch.Tenso
     return zeros, zeros
 
 
-def _random_states(core: BRIMs, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_states(core: BRIMs, batch: int = 1, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     shape = (core.num_layers, batch, core.hidden_size)
-    return torch.randn(shape), torch.randn(shape)
+    return torch.randn(shape, device=device), torch.randn(shape, device=device)
 
 
 @pytest.mark.parametrize("critic_core", CRITIC_CORES)
@@ -508,7 +508,7 @@ def test_separate_critic_core_trains_and_survives_save_load(tmp_path, cartpole_e
         assert torch.equal(loaded.policy.lstm_critic.state_dict()[name], value), name
     device = model.device
     obs = torch.as_tensor(cartpole_env.reset(), dtype=torch.float32, device=device)
-    states = RNNStates(*(tuple(t.to(device) for t in _random_states(critic, 4)) for _ in range(2)))
+    states = RNNStates(_random_states(critic, 4, device), _random_states(critic, 4, device))
     starts, actions = torch.zeros(4, device=device), torch.zeros(4, device=device)
     with torch.no_grad():
         expected = model.policy.evaluate_actions(obs, actions, states, starts)[0]

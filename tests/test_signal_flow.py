@@ -64,7 +64,7 @@ def test_ppo_update_reaches_the_cnn_through_brims():
     for policy, kwargs in [("CnnLstmPolicy", {}), ("CnnBrimsPolicy", {}), ("CnnBrimsPolicy", dict(core_kwargs=FIRST_DEFAULTS))]:
         env = envs.make_atari_vec_env("breakout", n_envs=4, seed=0)
         try:
-            # On the CPU: which actions a seed samples (so whether the rollout scores) differs by device.
+            # On the CPU: which actions a seed samples (so the rollout the update sees) differs by device.
             model = RecurrentPPO(
                 policy, env, n_steps=32, batch_size=64, n_epochs=1, seed=0, policy_kwargs=kwargs, device="cpu"
             )
