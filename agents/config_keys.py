@@ -46,9 +46,10 @@ RUN_KEYS: dict[str, Check] = {
     "activation_log_interval": int_in(0),  # rollouts between BRIMs activation logs; 0 turns it off
     "log_interval": int_in(1),  # rollouts between console/TensorBoard log dumps
     "compile_core": boolean,  # torch.compile the BRIMs core (for GPUs: BrimsPolicy.compile_cores)
+    "top_k_warmup_steps": int_in(0),  # env steps with every BRIMs module updated before top_k applies
 }
 # Run keys that only a BRIMs policy takes.
-BRIMS_RUN_KEYS = frozenset({"activation_log_interval", "compile_core"})
+BRIMS_RUN_KEYS = frozenset({"activation_log_interval", "compile_core", "top_k_warmup_steps"})
 # Constructor arguments of a non-Atari gymnasium env (``env_kwargs: {delay: 8}`` for CueMemory).
 ENV_KWARGS_KEY = "env_kwargs"
 

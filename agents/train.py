@@ -50,7 +50,7 @@ from agents.run_folder import (  # noqa: F401  (re-exported: public names of thi
     resolve_resume,
     saved_num_timesteps,
 )
-from brims_rl.callbacks import ModuleActivationCallback
+from brims_rl.callbacks import ModuleActivationCallback, TopKWarmup
 from brims_rl.policies import BrimsPolicy
 
 
@@ -442,6 +442,9 @@ def build_callbacks(
     activation = _activation_callback(config)
     if activation is not None:
         callbacks.append(activation)
+    warmup = settings.get("top_k_warmup_steps", 0)
+    if config.policy == "brims" and warmup > 0:
+        callbacks.append(TopKWarmup(warmup))
     return callbacks, opened
 
 

@@ -21,6 +21,8 @@ Examples::
         --set policy_kwargs.top_down=none --timesteps 100000 --out docs/results/ablation
     python benchmarks/learning.py --games breakout --policies brims lstm --also-labels no_top_down \\
         --timesteps 100000 --out docs/results/ablation --report-only   # one table and plot for all
+    python benchmarks/learning.py --games breakout --policies brims --seeds 0 3 --timesteps 300000 \\
+        --out docs/results/new --baseline docs/results/breakout_300k   # the LSTM's runs as reported there
 """
 
 from __future__ import annotations
@@ -128,9 +130,35 @@ def read_train_scalars(folder: Path) -> list[tuple[int, float, float, float]]:
     ]
 
 
-def write_results(runs: list[Run], runs_root: Path, out: Path, timesteps: int, window: int) -> None:
+def read_baseline(folder: Path, labels: list[str], games: list[str], seeds: list[int]) -> tuple[list[tuple], list[tuple]]:
+    """Episode and train rows of ``labels`` (for these games and seeds) from an earlier results
+    folder's episodes.csv and train.csv: runs reported before, not trained again."""
+    def rows(name: str, converters: tuple) -> list[tuple]:
+        with (folder / name).open(newline="") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            return [
+                tuple(convert(value) for convert, value in zip(converters, row))
+                for row in reader
+                if row[0] in games and int(row[2]) in seeds
+            ]
+
+    for name in ("episodes.csv", "train.csv"):
+        if not (folder / name).is_file():
+            raise SystemExit(f"--baseline {folder}: no {name} there (expected a results folder written by this script)")
+    episodes = rows("episodes.csv", (str, str, int, int, float))
+    train = rows("train.csv", (str, str, int, int, float, float, float))
+    found = {row[1] for row in episodes}
+    if set(labels) - found:
+        raise SystemExit(f"--baseline {folder}: no runs of {sorted(set(labels) - found)} for games {games}, seeds {seeds} (it has {sorted(found) or 'none'})")
+    return [row for row in episodes if row[1] in labels], [row for row in train if row[1] in labels]
+
+
+def write_results(
+    runs: list[Run], runs_root: Path, out: Path, timesteps: int, window: int, baseline: tuple[list[tuple], list[tuple]] = ([], [])
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    episode_rows, train_rows = [], []
+    episode_rows, train_rows = list(baseline[0]), list(baseline[1])
     for run in runs:
         folder = run_dir(runs_root, run)
         if not folder.is_dir():
@@ -256,12 +284,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--also-labels", nargs="+", default=[], metavar="LABEL",
         help="add to the results the runs trained earlier with --label LABEL (same games, seeds and --out); not trained",
     )
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR",
+        help="also report these policies' runs from an earlier results folder (its episodes.csv and train.csv; same games and seeds), not trained again",
+    )
+    parser.add_argument("--baseline-labels", nargs="+", default=["lstm"], metavar="LABEL", help="which policies --baseline adds (default: lstm)")
     parser.add_argument("--brims-rl", default=str(Path(sys.executable).with_name("brims-rl")), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.label and len(args.policies) != 1:
         parser.error(f"--label {args.label!r} names one policy's variant: give exactly one --policies (got {args.policies})")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: expected at least 1")
+    reported_here = set(args.also_labels) | ({args.label} if args.label else set(args.policies))
+    if args.baseline and reported_here & set(args.baseline_labels):
+        parser.error(
+            f"--baseline-labels {sorted(reported_here & set(args.baseline_labels))}: also reported from this "
+            f"script's run folders; a policy comes from one source (give --label to the new runs)"
+        )
     return args
 
 
@@ -276,7 +315,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.report_only:
         run_all(runs, args, runs_root)
     variants = [Run(game, label, label, seed) for game in args.games for label in args.also_labels for seed in args.seeds]
-    write_results(runs + variants, runs_root, args.out, args.timesteps, args.window)
+    baseline = read_baseline(args.baseline, args.baseline_labels, args.games, args.seeds) if args.baseline else ([], [])
+    write_results(runs + variants, runs_root, args.out, args.timesteps, args.window, baseline)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default, 1 layer": dict(num_layers=1),
     "default, top_down=none": dict(top_down="none"),
     "default, communication off": dict(communication=False),
+    "default, output=sum (every layer's state)": dict(output="sum"),
+    "Atari config: top_k [6, 5]": dict(top_k=[6, 5]),
+    "Atari config + output=sum": dict(top_k=[6, 5], output="sum"),
 }
 
 
@@ -64,7 +67,7 @@ def cnn_gradient(measure: Any, policy: str, policy_kwargs: dict[str, Any]) -> fl
     from agents import RecurrentPPO
 
     core_kwargs = dict(policy_kwargs.get("core_kwargs", {}))
-    named = {key: core_kwargs.pop(key) for key in ("num_layers", "top_down") if key in core_kwargs}
+    named = {key: core_kwargs.pop(key) for key in ("num_layers", "top_k", "top_down") if key in core_kwargs}
     env = envs.make_atari_vec_env("breakout", n_envs=4, seed=0)
     try:
         kwargs = dict(core_kwargs=core_kwargs, **named) if policy == "CnnBrimsPolicy" else {}

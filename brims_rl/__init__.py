@@ -10,7 +10,7 @@ imports the application.
 from typing import Any
 
 from brims_rl.activations import ActivationRecorder
-from brims_rl.callbacks import ModuleActivationCallback
+from brims_rl.callbacks import ModuleActivationCallback, TopKWarmup
 from brims_rl.core import BRIMs, BrimsInfo
 from brims_rl.extractor import BrimsExtractor, MinAtarCNN
 from brims_rl.loading import NotABrimsModelError
@@ -28,6 +28,7 @@ __all__ = [
     "ModuleActivationCallback",
     "MultiInputBrimsPolicy",
     "NotABrimsModelError",
+    "TopKWarmup",
     "load",
 ]
 __version__ = "0.1.0"

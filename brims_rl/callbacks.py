@@ -172,3 +172,54 @@ class ModuleActivationCallback(BaseCallback):
             write_usage_histogram(writer, layer_tag(layer, "activation_frequency"), layer_stats.usage_counts, step)
         writer.flush()
         self._series.flush()
+
+
+class TopKWarmup(BaseCallback):
+    """Update every module of every layer for the first ``warmup_steps`` env steps, then each
+    layer's configured ``top_k``.
+
+    The switch happens at a rollout's start, so each PPO/A2C update re-evaluates its rollout
+    with the selection that acted in it. A run resumed before ``warmup_steps`` finishes the
+    warm-up; the model always saves (and loads with) its configured ``top_k``. Logs
+    ``brims/dense_warmup`` (1 during the warm-up) with each rollout.
+
+    Why: at initialisation the input attention is near uniform, so which module a sparse layer
+    leaves idle is arbitrary; on Breakout the value head then fitted later than an LSTM's
+    (README, learning results), and with every module updated it did not.
+
+    Args:
+        warmup_steps: env steps (over all envs, as ``total_timesteps``) of dense updates (>= 0).
+    """
+
+    def __init__(self, warmup_steps: int, verbose: int = 0) -> None:
+        check_int("warmup_steps", warmup_steps, 0)
+        super().__init__(verbose)
+        self.warmup_steps = warmup_steps
+        self._dense = False
+
+    def _cores(self) -> list:
+        policy = self.model.policy
+        return [core for core in (policy.lstm_actor, policy.lstm_critic) if core is not None]
+
+    def _init_callback(self) -> None:
+        if not isinstance(self.model.policy, BrimsPolicy):
+            raise ValueError(f"TopKWarmup needs a BRIMs policy, but the model's policy is {type(self.model.policy).__name__}")
+
+    def _set_dense(self, dense: bool) -> None:
+        configured = self.model.policy.core_options["top_k"]
+        for core in self._cores():
+            core.set_top_k(list(core.num_modules) if dense else configured)
+        self._dense = dense
+
+    def _on_rollout_start(self) -> None:
+        dense = self.model.num_timesteps < self.warmup_steps
+        if dense != self._dense:
+            self._set_dense(dense)
+        self.logger.record("brims/dense_warmup", float(dense))
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._dense:
+            self._set_dense(False)

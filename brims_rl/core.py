@@ -2,7 +2,7 @@
 
 ``out, (h, c) = core(x, (h0, c0))`` with x ``(T, B, input_size)``, h and c
 ``(num_layers, B, hidden_size)`` and out ``(T, B, hidden_size)``: the top layer's state
-at every step. Layers are updated bottom to top at each step; a layer's top-down slot
+at every step (or, with ``output="sum"``, the sum of every layer's state). Layers are updated bottom to top at each step; a layer's top-down slot
 reads the state that the layer above had at the previous step.
 """
 
@@ -17,6 +17,7 @@ from torch import nn
 from brims_rl.layer import CELL_TYPES, WEIGHT_INITS, BrimsLayer
 
 TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
+OUTPUT_MODES = ("top", "sum")
 State = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -40,6 +41,14 @@ def _per_layer(name: str, value: Union[int, Sequence[int]], num_layers: int) -> 
     if len(values) != num_layers or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{name}={value!r}: expected an int or a list of {num_layers} ints (one per layer)")
     return values
+
+
+def _checked_top_k(top_k: Union[int, Sequence[int]], modules: list[int]) -> list[int]:
+    top_ks = _per_layer("top_k", top_k, len(modules))
+    for layer, (n, k) in enumerate(zip(modules, top_ks)):
+        if not 1 <= k <= n:
+            raise ValueError(f"top_k={k} for layer {layer}: expected 1 <= top_k <= num_modules ({n})")
+    return top_ks
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -77,6 +86,10 @@ class BRIMs(nn.Module):
             output followed that loop instead of the frames (README, signal-flow table).
         weight_init: "fan_in" (default, variance preserving), "uniform" (nn.LSTM-style, the
             first defaults) or "authors" (0.01 N(0, 1) attention, as the released code).
+        output: "top" (default, as nn.LSTM: the top layer's state) or "sum" (the sum of
+            every layer's state, a residual path inside the core: with a sparse top layer,
+            the heads also read the layers below, whose every module is fresh each step
+            when their top_k equals their module count).
     """
 
     def __init__(
@@ -99,6 +112,7 @@ class BRIMs(nn.Module):
         input_norm: bool = False,
         state_norm: bool = True,
         weight_init: str = "fan_in",
+        output: str = "top",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -114,12 +128,11 @@ class BRIMs(nn.Module):
         ]:
             _check_positive(name, value)
         modules = _per_layer("num_modules", num_modules, num_layers)
-        top_ks = _per_layer("top_k", top_k, num_layers)
-        for layer, (n, k) in enumerate(zip(modules, top_ks)):
+        for layer, n in enumerate(modules):
             if n < 1:
                 raise ValueError(f"num_modules={n} for layer {layer}: expected at least 1 module")
-            if not 1 <= k <= n:
-                raise ValueError(f"top_k={k} for layer {layer}: expected 1 <= top_k <= num_modules ({n})")
+        top_ks = _checked_top_k(top_k, modules)
+        for layer, n in enumerate(modules):
             if hidden_size % n != 0:
                 raise ValueError(
                     f"hidden_size={hidden_size} is not divisible by num_modules={n} (layer {layer}): "
@@ -131,6 +144,8 @@ class BRIMs(nn.Module):
             raise ValueError(f"top_down={top_down!r}: expected one of {TOP_DOWN_MODES}")
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output={output!r}: expected one of {OUTPUT_MODES}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
@@ -141,6 +156,7 @@ class BRIMs(nn.Module):
         self.top_k = top_ks
         self.cell = cell
         self.top_down = top_down
+        self.output = output
         self.top_down_source = [self._top_down_source(layer) for layer in range(num_layers)]
         self.layers = nn.ModuleList(
             BrimsLayer(
@@ -163,6 +179,16 @@ class BRIMs(nn.Module):
             )
             for layer in range(num_layers)
         )
+
+    def set_top_k(self, top_k: Union[int, Sequence[int]]) -> None:
+        """Change how many modules each layer updates per step (an int or one per layer).
+
+        Only the selection changes: no parameter depends on k. Used for a dense warm-up
+        (every module updated for the first steps of training, :class:`brims_rl.TopKWarmup`).
+        """
+        self.top_k = _checked_top_k(top_k, self.num_modules)
+        for layer, k in zip(self.layers, self.top_k):
+            layer.top_k = k
 
     def _top_down_source(self, layer: int) -> Optional[int]:
         """Which layer's previous state feeds ``layer``'s top-down slot (None: no slot)."""
@@ -222,7 +248,10 @@ class BRIMs(nn.Module):
                 if return_info:
                     masks[index].append(result.mask)
                     attention[index].append(result.slot_attention)
-            outputs.append(hs[-1].reshape(batch, self.hidden_size))
+            if self.output == "top":
+                outputs.append(hs[-1].reshape(batch, self.hidden_size))
+            else:
+                outputs.append(torch.stack([h.reshape(batch, self.hidden_size) for h in hs]).sum(dim=0))
 
         out = torch.stack(outputs)
         h_n = torch.stack([h.reshape(batch, self.hidden_size) for h in hs])

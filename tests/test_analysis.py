@@ -36,7 +36,7 @@ from brims_rl.activations import (
     step_statistics,
     summarize,
 )
-from brims_rl.callbacks import ModuleActivationCallback
+from brims_rl.callbacks import ModuleActivationCallback, TopKWarmup
 from brims_rl.core import BrimsInfo
 from brims_rl.figures import (
     ACTIVE,
@@ -392,6 +392,46 @@ def test_callback_log_interval_skips_rollouts(tmp_path):
     # Rollouts 1 and 3 are recorded; rollout 2 runs without a recorder.
     assert sorted(scalar_values(events, "brims/layer0/module0/active_frac")) == [ROLLOUT, 3 * ROLLOUT]
     assert sorted(scalar_values(events, "time/fps")) == [ROLLOUT, 2 * ROLLOUT, 3 * ROLLOUT]
+    env.close()
+
+
+def test_top_k_warmup_updates_every_module_then_the_configured_top_k(tmp_path):
+    env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
+    model = tiny_ppo(env, tensorboard_log=str(tmp_path / "tb"))
+    # The third rollout starts at 2 * ROLLOUT steps, where the warm-up ends.
+    model.learn(4 * ROLLOUT, callback=[TopKWarmup(2 * ROLLOUT), ModuleActivationCallback()])
+    events = load_events(run_dir(tmp_path / "tb"))
+    assert scalar_values(events, "brims/dense_warmup") == {ROLLOUT: 1.0, 2 * ROLLOUT: 1.0, 3 * ROLLOUT: 0.0, 4 * ROLLOUT: 0.0}
+    for layer, (modules, top_k) in enumerate(zip(NUM_MODULES, TOP_K)):
+        fractions = [scalar_values(events, f"brims/layer{layer}/module{i}/active_frac") for i in range(modules)]
+        updated_per_step = {step: sum(f[step] for f in fractions) for step in fractions[0]}
+        expected = {ROLLOUT: modules, 2 * ROLLOUT: modules, 3 * ROLLOUT: top_k, 4 * ROLLOUT: top_k}
+        assert updated_per_step == pytest.approx(expected)
+    # After training, and in the saved model, the configured selection.
+    assert model.policy.lstm_actor.top_k == TOP_K
+    assert [layer.top_k for layer in model.policy.lstm_actor.layers] == TOP_K
+    model.save(tmp_path / "model.zip")
+    assert RecurrentPPO.load(tmp_path / "model.zip", device="cpu").policy.lstm_actor.top_k == TOP_K
+    # Resumed past the warm-up, it never goes dense; resumed inside it, it finishes the warm-up.
+    for warmup, expected in [(2 * ROLLOUT, [TOP_K]), (5 * ROLLOUT, [NUM_MODULES, TOP_K])]:
+        resumed = RecurrentPPO.load(tmp_path / "model.zip", env=env, device="cpu")
+        seen: list[list[int]] = []
+        hook = resumed.policy.lstm_actor.register_forward_pre_hook(lambda core, args: seen.append(list(core.top_k)))
+        resumed.learn(2 * ROLLOUT, callback=TopKWarmup(warmup), reset_num_timesteps=False)
+        hook.remove()
+        assert [k for i, k in enumerate(seen) if i == 0 or k != seen[i - 1]] == expected
+        assert resumed.policy.lstm_actor.top_k == TOP_K
+    env.close()
+
+
+def test_top_k_warmup_refuses_a_non_brims_policy_and_bad_steps():
+    env = envs.make_env(CUE, n_envs=N_ENVS, seed=0)
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=N_STEPS, batch_size=ROLLOUT, seed=0)
+    with pytest.raises(ValueError, match="TopKWarmup needs a BRIMs policy.*RecurrentActorCriticPolicy"):
+        model.learn(ROLLOUT, callback=TopKWarmup(ROLLOUT))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            TopKWarmup(bad)
     env.close()
 
 

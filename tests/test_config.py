@@ -74,6 +74,15 @@ def test_atari_only_keys_are_one_list_that_config_and_make_env_refuse() -> None:
             envs.make_env(CUE, n_envs=1, **{key: 1})
 
 
+def test_top_k_warmup_steps_is_a_brims_run_key() -> None:
+    config = resolve_config("ppo", policy="brims", env_id=CUE, overrides=["top_k_warmup_steps=5000"])
+    assert config.run_settings()["top_k_warmup_steps"] == 5000 and "top_k_warmup_steps" not in config.algorithm_kwargs()
+    with pytest.raises(ValueError, match="unknown config key 'top_k_warmup_steps' for ppo/lstm"):
+        resolve_config("ppo", policy="lstm", env_id=CUE, overrides=["top_k_warmup_steps=5000"])
+    with pytest.raises(ValueError, match="'top_k_warmup_steps'"):
+        resolve_config("ppo", policy="brims", env_id=CUE, overrides=["top_k_warmup_steps=-1"])
+
+
 def test_compile_core_is_a_brims_run_key() -> None:
     assert resolve_config("ppo", policy="brims", env_id=CUE, overrides=["compile_core=true"]).hyperparams["compile_core"] is True
     for policy in ("lstm", "cnn"):

@@ -42,6 +42,45 @@ def test_shapes_like_nn_lstm(cell, top_down):
         torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:-1]))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_sum_output_is_every_layers_state_and_changes_nothing_else(cell):
+    top, summed = make_core(cell=cell), make_core(cell=cell, output="sum")
+    x = torch.randn(6, 3, INPUT)
+    starts = torch.zeros(6, 3)
+    starts[3, 1] = 1.0
+    state = random_state(top, 3)
+    out_top, (h_top, c_top), info_top = top(x, state, starts, return_info=True)
+    states = []
+    for t in range(6):  # one step at a time, to read both layers' states at every step
+        _, step_state = summed(x[t : t + 1], state if t == 0 else states[-1], starts[t : t + 1])
+        states.append(step_state)
+    out_sum, (h_sum, c_sum), info_sum = summed(x, state, starts, return_info=True)
+    # The same parameters (same seed) and the same recurrence: only the output differs.
+    assert torch.equal(h_sum, h_top) and torch.equal(c_sum, c_top)
+    assert all(torch.equal(a, b) for a, b in zip(info_sum.masks, info_top.masks))
+    assert torch.equal(out_top[-1], h_top[-1])
+    assert out_sum.shape == out_top.shape
+    for t, (h, _) in enumerate(states):
+        torch.testing.assert_close(out_sum[t], h[0] + h[1])
+
+
+def test_set_top_k_changes_only_the_selection():
+    core = make_core()
+    weights = {name: p.clone() for name, p in core.named_parameters()}
+    x = torch.randn(5, 3, INPUT)
+    core.set_top_k([6, 4])  # every module of both layers
+    _, _, info = core(x, return_info=True)
+    assert core.top_k == [6, 4] and all(m.all() for m in info.masks)
+    core.set_top_k(1)
+    _, _, info = core(x, return_info=True)
+    assert [layer.top_k for layer in core.layers] == [1, 1]
+    assert all((m.sum(-1) == 1).all() for m in info.masks)
+    assert all(torch.equal(p, weights[name]) for name, p in core.named_parameters())
+    with pytest.raises(ValueError, match=r"top_k=5 for layer 1: expected 1 <= top_k <= num_modules \(4\)"):
+        core.set_top_k([2, 5])
+    assert core.top_k == [1, 1]  # a refused value changes nothing
+
+
 def test_gru_carries_c_unchanged():
     core = make_core(cell="gru")
     h0, c0 = random_state(core, 3)
@@ -227,6 +266,7 @@ def test_dropout_only_in_training():
         (dict(top_down="sideways"), r"top_down='sideways'.*'adjacent'"),
         (dict(num_layers=0), r"num_layers=0"),
         (dict(dropout=1.5), r"dropout=1.5"),
+        (dict(output="mean"), r"output='mean'.*'top', 'sum'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):
