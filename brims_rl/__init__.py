@@ -1,10 +1,10 @@
 """brims-rl: reinforcement learning with BRIMs recurrent cores for Stable-Baselines3.
 
 The library: the core (:class:`BRIMs`), the policies, the frame-stack extractor, the
-activation recorder and callback. ``brims_rl.load`` opens the zips of the application's
-algorithms (``agents.RecurrentPPO``, ``agents.RecurrentA2C``) too, so it lives in
-:mod:`agents.loading` and is handed on here on first use: importing the library never
-imports the application.
+activation recorder and the callbacks (module activity, dense warm-up). ``brims_rl.load``
+opens the zips of the application's algorithms (``agents.RecurrentPPO``,
+``agents.RecurrentA2C``) too, so it lives in :mod:`agents.loading` and is handed on here on
+first use: importing the library never imports the application.
 """
 
 from typing import Any
