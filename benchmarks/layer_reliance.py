@@ -9,7 +9,7 @@ the action distribution, and the share of steps whose most likely action changes
 shuffle moves nothing is decorative; with ``output="sum"`` this shows whether the heads follow
 the dense first layer or the sparse top layer.
 
-    python benchmarks/layer_reliance.py runs/learning/breakout_sum/breakout_brims_sum_s0/final_model.zip
+    python benchmarks/layer_reliance.py runs/learning/breakout_sum/breakout_brims_sum_s0/model.zip
 """
 
 from __future__ import annotations
@@ -70,11 +70,14 @@ def reliance(policy, layer_states: torch.Tensor, seed: int) -> list[tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path, help="model zips of BRIMs policies (brims-rl run folders' final_model.zip or checkpoints)")
+    parser.add_argument("models", nargs="+", type=Path, help="model zips of BRIMs policies (a brims-rl run folder's model.zip or checkpoints)")
     parser.add_argument("--game", default="breakout")
     parser.add_argument("--steps", type=int, default=400, help="steps per env (8 envs)")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
+    missing = [str(path) for path in args.models if not path.is_file()]
+    if missing:
+        parser.error(f"no model file at {missing[0]!r}")
     torch.set_num_threads(1)
 
     import brims_rl
@@ -82,7 +85,10 @@ def main() -> None:
     print("| model | output | layer shuffled | state norm | value change / value std | KL of the action distribution | greedy action changed |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for path in args.models:
-        model = brims_rl.load(path, device="cpu")
+        try:
+            model = brims_rl.load(path, device="cpu")
+        except brims_rl.NotABrimsModelError as error:
+            parser.error(str(error))
         if not isinstance(getattr(model.policy, "lstm_actor", None), brims_rl.BRIMs):
             parser.error(f"{path}: its policy has no BRIMs core ({type(model.policy).__name__}); expected a BRIMs policy")
         torch.manual_seed(args.seed)
