@@ -198,17 +198,13 @@ class TopKWarmup(BaseCallback):
         self.warmup_steps = warmup_steps
         self._dense = False
 
-    def _cores(self) -> list:
-        policy = self.model.policy
-        return [core for core in (policy.lstm_actor, policy.lstm_critic) if core is not None]
-
     def _init_callback(self) -> None:
         if not isinstance(self.model.policy, BrimsPolicy):
             raise ValueError(f"TopKWarmup needs a BRIMs policy, but the model's policy is {type(self.model.policy).__name__}")
 
     def _set_dense(self, dense: bool) -> None:
         configured = self.model.policy.core_options["top_k"]
-        for core in self._cores():
+        for core in self.model.policy.brims_cores():
             core.set_top_k(list(core.num_modules) if dense else configured)
         self._dense = dense
 

@@ -2,8 +2,9 @@
 
 ``out, (h, c) = core(x, (h0, c0))`` with x ``(T, B, input_size)``, h and c
 ``(num_layers, B, hidden_size)`` and out ``(T, B, hidden_size)``: the top layer's state
-at every step (or, with ``output="sum"``, the sum of every layer's state). Layers are updated bottom to top at each step; a layer's top-down slot
-reads the state that the layer above had at the previous step.
+at every step (or, with ``output="sum"``, the sum of every layer's state). Layers are
+updated bottom to top at each step; a layer's top-down slot reads the state that the layer
+above had at the previous step.
 """
 
 from __future__ import annotations
@@ -131,13 +132,12 @@ class BRIMs(nn.Module):
         for layer, n in enumerate(modules):
             if n < 1:
                 raise ValueError(f"num_modules={n} for layer {layer}: expected at least 1 module")
-        top_ks = _checked_top_k(top_k, modules)
-        for layer, n in enumerate(modules):
             if hidden_size % n != 0:
                 raise ValueError(
                     f"hidden_size={hidden_size} is not divisible by num_modules={n} (layer {layer}): "
                     f"each module gets hidden_size / num_modules units"
                 )
+        top_ks = _checked_top_k(top_k, modules)
         if cell not in CELL_TYPES:
             raise ValueError(f"cell={cell!r}: expected one of {CELL_TYPES}")
         if top_down not in TOP_DOWN_MODES:

@@ -123,9 +123,12 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         Performance). Each (steps, batch) shape compiles once, a minute or more the first time
         (rollout, minibatch, evaluation); nothing of it is saved with the model.
         """
-        for core in (self.lstm_actor, self.lstm_critic):
-            if isinstance(core, BRIMs):
-                core.compile(**{"dynamic": False, **compile_kwargs})
+        for core in self.brims_cores():
+            core.compile(**{"dynamic": False, **compile_kwargs})
+
+    def brims_cores(self) -> list[BRIMs]:
+        """The actor core, and the critic's when ``critic_core="separate"``."""
+        return [core for core in (self.lstm_actor, self.lstm_critic) if isinstance(core, BRIMs)]
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         """What ``policy.save`` needs to rebuild this policy, the core's options included."""
