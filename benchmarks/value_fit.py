@@ -44,19 +44,20 @@ def collect(behaviour: Path, steps: int, seed: int) -> dict[str, np.ndarray]:
     """Observations ``(T, 8, 1, 84, 84)`` uint8, episode starts and discounted returns ``(T, 8)``."""
     import brims_rl
     import envs
+    from agents.episodes import play_episodes
 
     model = brims_rl.load(behaviour, device="cpu")
     env = envs.make_env("breakout", n_envs=N_ENVS, seed=seed, frame_stack=1)
+    observations, rewards, dones = [], [], []
+
+    def keep(observation, actions, reward, done, infos) -> None:
+        observations.append(observation.copy())
+        rewards.append(reward)
+        dones.append(done)
+
     try:
-        observation = env.reset()
-        state, starts = None, np.ones(N_ENVS, dtype=bool)
-        observations, rewards, dones = [], [], []
-        for _ in range(steps):
-            actions, state = model.predict(observation, state=state, episode_start=starts, deterministic=False)
-            observations.append(observation.copy())
-            observation, reward, starts, _ = env.step(actions)
-            rewards.append(reward)
-            dones.append(starts)
+        # More episodes than `steps` steps can end: max_steps is what stops it.
+        play_episodes(model, env, n_episodes=steps * N_ENVS + 1, deterministic=False, on_step=keep, max_steps=steps)
     finally:
         env.close()
     rewards_array, dones_array = np.stack(rewards).astype(np.float32), np.stack(dones)
@@ -87,25 +88,24 @@ class ValuePath:
         self.core = self.policy.lstm_critic if isinstance(self.policy.lstm_critic, torch.nn.LSTM) else self.policy.lstm_actor
 
     def __call__(self, observations: np.ndarray, starts: np.ndarray, state: Optional[Any] = None) -> tuple[torch.Tensor, Any]:
-        """Values ``(T, B)`` of observations ``(T, B, ...)``; the state at the end."""
+        """Values ``(T, B)`` of observations ``(T, B, ...)``; the state at the end.
+
+        The core runs through the policy's own ``_process_sequence`` (sb3-contrib's for the
+        LSTM, BrimsPolicy's for BRIMs), the path PPO trains, resets included; it takes the
+        batch sequence-major: env b's T steps together.
+        """
         steps, batch = observations.shape[:2]
-        features = self.policy.extract_features(torch.as_tensor(observations.reshape(steps * batch, *observations.shape[2:])))
+        by_sequence = torch.as_tensor(observations.swapaxes(0, 1).reshape(batch * steps, *observations.shape[2:]))
+        features = self.policy.extract_features(by_sequence)
         if isinstance(features, tuple):  # separate extractors: the critic's
             features = features[1]
-        x = features.view(steps, batch, -1)
-        resets = torch.as_tensor(starts, dtype=torch.float32)
-        if isinstance(self.core, torch.nn.LSTM):
-            h, c = state if state is not None else (x.new_zeros(1, batch, self.core.hidden_size),) * 2
-            outputs = []
-            for t in range(steps):
-                keep = (1.0 - resets[t]).view(1, batch, 1)
-                out, (h, c) = self.core(x[t : t + 1], (h * keep, c * keep))
-                outputs.append(out)
-            output, state = torch.cat(outputs), (h, c)
-        else:
-            output, state = self.core(x, state, episode_starts=resets)
-        latent = self.policy.mlp_extractor.forward_critic(output.reshape(steps * batch, -1))
-        return self.policy.value_net(latent).view(steps, batch), state
+        if state is None:
+            zeros = features.new_zeros(self.core.num_layers, batch, self.core.hidden_size)
+            state = (zeros, zeros)
+        resets = torch.as_tensor(starts.swapaxes(0, 1).reshape(-1), dtype=torch.float32)
+        latent, state = self.policy._process_sequence(features, state, resets, self.core)
+        values = self.policy.value_net(self.policy.mlp_extractor.forward_critic(latent))
+        return values.view(batch, steps).transpose(0, 1), state
 
 
 def held_out_explained_variance(value_path: ValuePath, data: dict[str, np.ndarray]) -> float:
