@@ -6,6 +6,7 @@ For each variant of the core (hidden 264, input 512, the policies' defaults othe
   T=32, B=32 sequence of ReLU features is redrawn (``brims_rl.diagnostics.input_sensitivity``);
 * input gradient: norm of the gradient a unit-scale readout of the last output sends to the
   last input step (``input_gradient``);
+* output rms: the scale of the output the heads read (``output_rms``);
 * CNN gradient: the Nature CNN's gradient norm at the first minibatch of one PPO update on
   Breakout (4 envs x 32 steps), as a fraction of CnnLstmPolicy's (``--ppo``; slower).
 
@@ -31,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default, output=sum (every layer's state)": dict(output="sum"),
     "Atari config: top_k [6, 5]": dict(top_k=[6, 5]),
     "Atari config + output=sum": dict(top_k=[6, 5], output="sum"),
+    "Atari config + output_scale 2.5": dict(top_k=[6, 5], output_scale=2.5),
 }
 
 
@@ -41,22 +43,23 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from brims_rl import BRIMs
-    from brims_rl.diagnostics import first_update_gradient_norms, input_gradient, input_sensitivity, relu_features
+    from brims_rl.diagnostics import first_update_gradient_norms, input_gradient, input_sensitivity, output_rms, relu_features
 
     inputs = relu_features(32, 32, 512)
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(512, 264)
-    lstm_row = (input_sensitivity(lstm, inputs), input_gradient(lstm, inputs))
+    lstm_row = (input_sensitivity(lstm, inputs), input_gradient(lstm, inputs), output_rms(lstm, inputs))
     cnn_reference = cnn_gradient(first_update_gradient_norms, "CnnLstmPolicy", {}) if args.ppo else None
 
-    print("| core | sensitivity | vs LSTM | input gradient | vs LSTM |" + (" CNN gradient vs LSTM-PPO |" if args.ppo else ""))
-    print("|---|---:|---:|---:|---:|" + ("---:|" if args.ppo else ""))
-    print(f"| nn.LSTM(512, 264) | {lstm_row[0]:.4f} | 1.00x | {lstm_row[1]:.3f} | 1.00x |" + (" 1.00x |" if args.ppo else ""))
+    print("| core | sensitivity | vs LSTM | input gradient | vs LSTM | output rms |" + (" CNN gradient vs LSTM-PPO |" if args.ppo else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.ppo else ""))
+    print(f"| nn.LSTM(512, 264) | {lstm_row[0]:.4f} | 1.00x | {lstm_row[1]:.3f} | 1.00x | {lstm_row[2]:.3f} |" + (" 1.00x |" if args.ppo else ""))
     for name, kwargs in VARIANTS.items():
         torch.manual_seed(0)
         core = BRIMs(512, 264, **kwargs)
         sensitivity, gradient = input_sensitivity(core, inputs), input_gradient(core, inputs)
-        row = f"| {name} | {sensitivity:.4f} | {sensitivity / lstm_row[0]:.2f}x | {gradient:.3f} | {gradient / lstm_row[1]:.2f}x |"
+        rms = output_rms(core, inputs)
+        row = f"| {name} | {sensitivity:.4f} | {sensitivity / lstm_row[0]:.2f}x | {gradient:.3f} | {gradient / lstm_row[1]:.2f}x | {rms:.3f} |"
         if args.ppo:
             row += f" {cnn_gradient(first_update_gradient_norms, 'CnnBrimsPolicy', dict(core_kwargs=kwargs)) / cnn_reference:.3f}x |"
         print(row, flush=True)

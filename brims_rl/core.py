@@ -91,6 +91,10 @@ class BRIMs(nn.Module):
             every layer's state, a residual path inside the core: with a sparse top layer,
             the heads also read the layers below, whose every module is fresh each step
             when their top_k equals their module count).
+        output_scale: constant factor on the output (the states themselves are unscaled). It
+            sets how far one optimiser step on the heads moves what they compute: with Adam a
+            linear head's step in function space grows with the scale of the features it reads,
+            and at 1.0 the default core's output is about 3x an nn.LSTM's (README).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class BRIMs(nn.Module):
         state_norm: bool = True,
         weight_init: str = "fan_in",
         output: str = "top",
+        output_scale: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -146,6 +151,8 @@ class BRIMs(nn.Module):
             raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output={output!r}: expected one of {OUTPUT_MODES}")
+        if not (isinstance(output_scale, (int, float)) and not isinstance(output_scale, bool) and output_scale > 0):
+            raise ValueError(f"output_scale={output_scale!r}: expected a positive number")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
@@ -157,6 +164,7 @@ class BRIMs(nn.Module):
         self.cell = cell
         self.top_down = top_down
         self.output = output
+        self.output_scale = float(output_scale)
         self.top_down_source = [self._top_down_source(layer) for layer in range(num_layers)]
         self.layers = nn.ModuleList(
             BrimsLayer(
@@ -254,6 +262,8 @@ class BRIMs(nn.Module):
                 outputs.append(torch.stack([h.reshape(batch, self.hidden_size) for h in hs]).sum(dim=0))
 
         out = torch.stack(outputs)
+        if self.output_scale != 1.0:
+            out = out * self.output_scale
         h_n = torch.stack([h.reshape(batch, self.hidden_size) for h in hs])
         c_n = torch.stack([c.reshape(batch, self.hidden_size) for c in cs])
         if not return_info:

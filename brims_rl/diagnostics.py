@@ -9,6 +9,9 @@ a core lets that happen, and compare a BRIMs core with an ``nn.LSTM`` of the sam
 * :func:`input_gradient`: the norm of the gradient that a random unit-variance readout of
   the last output sends back to the last step's input (mean over the batch).
 
+A third, :func:`output_rms`, is the scale of what the heads read: with Adam, a linear head's
+step in function space grows with it (README, "What changed BRIMs' curve").
+
 Both take any module with ``nn.LSTM``'s call ``core(x[T, B, in]) -> (out[T, B, H], state)``.
 """
 
@@ -38,6 +41,16 @@ def input_sensitivity(core: nn.Module, inputs: torch.Tensor, seed: int = 1) -> f
         out, _ = core(inputs)
         out_changed, _ = core(changed)
     return (out[-1] - out_changed[-1]).std().item()
+
+
+def output_rms(core: nn.Module, inputs: torch.Tensor) -> float:
+    """Root mean square of the core's output over every step, batch entry and unit.
+
+    inputs: ``(T, B, input_size)``.
+    """
+    with torch.no_grad():
+        out, _ = core(inputs)
+    return out.pow(2).mean().sqrt().item()
 
 
 def input_gradient(core: nn.Module, inputs: torch.Tensor, seed: int = 2) -> float:

@@ -64,6 +64,18 @@ def test_sum_output_is_every_layers_state_and_changes_nothing_else(cell):
         torch.testing.assert_close(out_sum[t], h[0] + h[1])
 
 
+@pytest.mark.parametrize("output", ["top", "sum"])
+def test_output_scale_scales_the_output_and_nothing_else(output):
+    plain, scaled = make_core(output=output), make_core(output=output, output_scale=0.25)
+    x = torch.randn(6, 3, INPUT)
+    state = random_state(plain, 3)
+    out, (h, c), info = plain(x, state, return_info=True)
+    out_scaled, (h_scaled, c_scaled), info_scaled = scaled(x, state, return_info=True)
+    assert torch.equal(h_scaled, h) and torch.equal(c_scaled, c)
+    assert all(torch.equal(a, b) for a, b in zip(info_scaled.masks, info.masks))
+    assert torch.equal(out_scaled, out * 0.25)
+
+
 def test_set_top_k_changes_only_the_selection():
     core = make_core()
     weights = {name: p.clone() for name, p in core.named_parameters()}
@@ -267,6 +279,8 @@ def test_dropout_only_in_training():
         (dict(num_layers=0), r"num_layers=0"),
         (dict(dropout=1.5), r"dropout=1.5"),
         (dict(output="mean"), r"output='mean'.*'top', 'sum'"),
+        (dict(output_scale=0.0), r"output_scale=0.0: expected a positive number"),
+        (dict(output_scale="0.3"), r"output_scale='0.3'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):

@@ -11,7 +11,7 @@ import torch
 import envs
 from agents import RecurrentPPO
 from brims_rl import BRIMs
-from brims_rl.diagnostics import first_update_gradient_norms, input_gradient, input_sensitivity, relu_features
+from brims_rl.diagnostics import first_update_gradient_norms, input_gradient, input_sensitivity, output_rms, relu_features
 
 WIDTH = 264  # the policies' default hidden size (6 modules of 44)
 FIRST_DEFAULTS = dict(input_norm=False, state_norm=False, weight_init="uniform")
@@ -55,6 +55,14 @@ def test_every_wiring_passes_the_signal(lstm_reference, top_down, cell):
     core = brims(top_down=top_down, cell=cell)
     assert input_sensitivity(core, inputs) >= lstm_sensitivity / 3
     assert input_gradient(core, inputs) >= lstm_gradient / 3
+
+
+def test_output_scale_multiplies_every_output_measure(lstm_reference):
+    inputs, _, _ = lstm_reference
+    plain, scaled = brims(), brims(output_scale=2.5)
+    assert output_rms(plain, inputs) > 0
+    for measure in (input_sensitivity, input_gradient, output_rms):
+        assert measure(scaled, inputs) == pytest.approx(2.5 * measure(plain, inputs), rel=1e-5)
 
 
 def test_ppo_update_reaches_the_cnn_through_brims():
