@@ -1,0 +1,167 @@
+"""Early explained-variance screen: how soon each variant's value head fits, seed by seed.
+
+Keeps a folder of per-update ``train/explained_variance`` (``train_ev.csv``: variant, seed,
+step, explained_variance) for the first ``--limit`` env steps of runs made by
+``benchmarks/learning.py``, and writes from it ``summary.md`` (per seed: first step above
+0.5, mean over 10-50k steps; per variant: the mean over seeds) and ``ev_screen.png`` (left:
+mean curve per variant; right: every seed's 10-50k mean, so the spread between seeds shows
+next to the differences between variants).
+
+    python benchmarks/ev_screen.py docs/results/breakout_ev_levers \\
+        --add "brims output_scale=2.5=runs/learning/breakout_os/breakout_brims_os250_s{seed}"
+
+``--add VARIANT=PATTERN`` (the last ``=`` splits; ``{seed}`` in the pattern) replaces that
+variant's rows with the run folders' scalars, seeds 0-9 where the folder exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import _binned, read_train_scalars  # noqa: E402
+
+FIELDS = ["variant", "seed", "step", "explained_variance"]
+WINDOW = (10_000, 50_000)
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"ev_screen.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def add_runs(rows: list[dict[str, str]], variant: str, pattern: str, limit: int) -> list[dict[str, str]]:
+    """``rows`` without ``variant``'s, plus its run folders' scalars up to ``limit`` steps."""
+    kept = [row for row in rows if row["variant"] != variant]
+    found = 0
+    for seed in range(10):
+        folder = Path(pattern.format(seed=seed))
+        if not folder.is_dir():
+            continue
+        found += 1
+        for step, explained_variance, *_ in read_train_scalars(folder):
+            if step <= limit:
+                kept.append(dict(variant=variant, seed=str(seed), step=str(step), explained_variance=f"{explained_variance:.4f}"))
+    if not found:
+        fail(f"--add {variant}={pattern}: no run folder matches for seeds 0-9")
+    return kept
+
+
+def per_seed(rows: list[dict[str, str]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """variant -> seed -> (steps, explained variance), in file order."""
+    result: dict[str, dict[int, tuple[list[int], list[float]]]] = {}
+    for row in rows:
+        steps, values = result.setdefault(row["variant"], {}).setdefault(int(row["seed"]), ([], []))
+        steps.append(int(row["step"]))
+        values.append(float(row["explained_variance"]))
+    return {v: {s: (np.array(a), np.array(b)) for s, (a, b) in sorted(seeds.items())} for v, seeds in result.items()}
+
+
+def window_mean(steps: np.ndarray, values: np.ndarray) -> float:
+    inside = (steps >= WINDOW[0]) & (steps < WINDOW[1])
+    return float(values[inside].mean()) if inside.any() else float("nan")
+
+
+def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], limit: int) -> str:
+    lines = [
+        f"Breakout, first {limit:,} env steps of runs with the 300k-step schedules (`--timesteps 300000`), "
+        "the levers stopped at 45-60k steps.",
+        "Per-update `train/explained_variance` in train_ev.csv. Commands: README, \"Learning results\"; "
+        "`python benchmarks/ev_screen.py docs/results/breakout_ev_levers` rewrites this file and ev_screen.png.",
+        "",
+        "| variant | seed | EV > 0.5 first at | mean EV over 10-50k steps |",
+        "|---|---:|---:|---:|",
+    ]
+    means = {}
+    for variant, seeds in curves.items():
+        for seed, (steps, values) in seeds.items():
+            first = next((int(s) for s, v in zip(steps, values) if v > 0.5), None)
+            means.setdefault(variant, []).append(window_mean(steps, values))
+            lines.append(f"| {variant} | {seed} | {first if first is not None else f'not by {steps.max():,}'} | {means[variant][-1]:.2f} |")
+    lines += ["", "Mean over seeds of the mean EV over 10-50k steps:", ""]
+    lines += [f"* {v}: {np.mean(m):.2f} ({len(m)} seed{'s' if len(m) > 1 else ''})" for v, m in means.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path, limit: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(16, 7), gridspec_kw=dict(width_ratios=[1, 1.1]))
+    edges = np.arange(0, limit + 1, 5_000)
+    centres = (edges[:-1] + edges[1:]) / 2
+    names = list(curves)
+    palette = plt.get_cmap("tab20").colors
+    brims_colours = iter(palette[i] for i in [0, 2, 4, 6, 8, 10, 12, 16, 18, 1, 3, 5, 9, 11, 13, 17, 19] * 2)
+    for index, variant in enumerate(names):
+        is_lstm = variant.startswith("lstm")
+        colour = "black" if is_lstm else next(brims_colours)
+        seeds = curves[variant]
+        seed_means = [window_mean(steps, values) for steps, values in seeds.values()]
+        right.scatter(seed_means, [index] * len(seed_means), color=colour, s=30, zorder=3)
+        right.plot([np.mean(seed_means)] * 2, [index - 0.3, index + 0.3], color=colour, linewidth=3)
+        if len(seeds) < 4 and not is_lstm:
+            continue  # a mean curve over two seeds says little; the dots on the right still show them
+        binned = np.array([_binned(list(zip(steps, values)), edges) for steps, values in seeds.values()])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(binned, axis=0)
+        style = dict(linewidth=3, linestyle="-" if variant == "lstm" else "--") if is_lstm else dict(linewidth=1.5)
+        left.plot(centres, mean, color=colour, label=f"{variant} ({len(seeds)} seeds)", **style)
+    lstm_means = [window_mean(s, v) for s, v in curves.get("lstm", {}).values()]
+    if lstm_means:
+        right.axvspan(min(lstm_means), max(lstm_means), color="grey", alpha=0.15, label="range of LSTM-PPO's seeds")
+        right.axvline(np.mean(lstm_means), color="black", linewidth=1, label="LSTM-PPO's mean")
+        right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
+    left.set(title="train/explained_variance, mean over seeds\n(5k-step bins; variants run with 4 seeds or more)", xlabel="env steps", ylabel="explained variance", ylim=(-0.2, 1.0))
+    left.grid(alpha=0.3)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
+    right.set_yticks(range(len(names)), names, fontsize=8)
+    right.invert_yaxis()
+    right.set(title="mean EV over 10-50k steps: a dot per seed, a bar per mean", xlabel="mean explained variance, 10-50k steps")
+    right.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="results folder holding train_ev.csv")
+    parser.add_argument("--add", action="append", default=[], metavar="VARIANT=PATTERN", help="(re)read a variant from run folders")
+    parser.add_argument("--limit", type=int, default=60_000, help="keep steps up to this many (default 60000)")
+    args = parser.parse_args()
+    table = args.folder / "train_ev.csv"
+    if not table.is_file():
+        fail(f"{args.folder}: no train_ev.csv (expected a folder this script wrote)")
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for spec in args.add:
+        variant, separator, pattern = spec.rpartition("=")
+        if not separator or not variant or "{seed}" not in pattern:
+            fail(f"--add {spec!r}: expected VARIANT=PATTERN with {{seed}} in the pattern")
+        rows = add_runs(rows, variant, pattern, args.limit)
+    if args.add:
+        temporary = table.with_suffix(".csv.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(table)
+    curves = per_seed(rows)
+    (args.folder / "summary.md").write_text(summary(curves, args.limit))
+    plot(curves, args.folder / "ev_screen.png", args.limit)
+    print(summary(curves, args.limit).split("Mean over seeds")[1])
+
+
+if __name__ == "__main__":
+    main()

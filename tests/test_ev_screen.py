@@ -1,0 +1,66 @@
+"""``benchmarks/ev_screen.py``: run folders' TensorBoard scalars into the early-EV table and picture."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+from stable_baselines3.common.logger import configure
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "ev_screen.py"
+
+
+def write_run(folder: Path, points: list[tuple[int, float]]) -> None:
+    """A run folder whose tb/ holds train/explained_variance at the given steps (SB3's own writer)."""
+    logger = configure(str(folder / "tb" / "PPO_1"), ["tensorboard"])
+    for step, value in points:
+        logger.record("train/explained_variance", value)
+        logger.dump(step)
+    logger.close()
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_added_runs_replace_their_variant_and_summarise_per_seed(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    with open(results / "train_ev.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "seed", "step", "explained_variance"])
+        writer.writerows([["lstm", 0, 20000, 0.2], ["lstm", 0, 30000, 0.8], ["old", 0, 20000, 0.1]])
+    write_run(tmp_path / "runs" / "x_s0", [(5000, 0.9), (20000, 0.3), (40000, 0.6), (70000, 0.9)])
+    write_run(tmp_path / "runs" / "x_s2", [(20000, 0.55)])
+    write_run(tmp_path / "runs" / "old_s0", [(20000, 0.4)])
+
+    done = run(results, "--add", f"new lever=2.5={tmp_path}/runs/x_s{{seed}}", "--add", f"old={tmp_path}/runs/old_s{{seed}}")
+    assert done.returncode == 0, done.stderr
+
+    with open(results / "train_ev.csv", newline="") as handle:
+        rows = [(r["variant"], int(r["seed"]), int(r["step"]), float(r["explained_variance"])) for r in csv.DictReader(handle)]
+    # The variant name keeps its own "=" (the last one splits); 70000 is past --limit; old's row replaced.
+    assert [r for r in rows if r[0] == "new lever=2.5"] == [
+        ("new lever=2.5", 0, 5000, 0.9), ("new lever=2.5", 0, 20000, 0.3), ("new lever=2.5", 0, 40000, 0.6), ("new lever=2.5", 2, 20000, 0.55)
+    ]
+    assert [r for r in rows if r[0] == "old"] == [("old", 0, 20000, 0.4)]
+    summary = (results / "summary.md").read_text()
+    # Seed 0: the 5k point is outside 10-50k; the first step above 0.5 is 5000.
+    assert "| new lever=2.5 | 0 | 5000 | 0.45 |" in summary
+    assert "| new lever=2.5 | 2 | 20000 | 0.55 |" in summary
+    assert "| lstm | 0 | 30000 | 0.50 |" in summary
+    assert "* new lever=2.5: 0.50 (2 seeds)" in summary
+    assert (results / "ev_screen.png").stat().st_size > 10_000
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    done = run(tmp_path)
+    assert done.returncode == 2 and "no train_ev.csv" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "train_ev.csv").write_text("variant,seed,step,explained_variance\n")
+    done = run(tmp_path, "--add", "x=runs/nothing_here_s0")
+    assert done.returncode == 2 and "expected VARIANT=PATTERN with {seed}" in done.stderr and "Traceback" not in done.stderr
+    done = run(tmp_path, "--add", f"x={tmp_path}/missing_s{{seed}}")
+    assert done.returncode == 2 and "no run folder matches" in done.stderr and "Traceback" not in done.stderr
