@@ -94,7 +94,8 @@ class BRIMs(nn.Module):
         output_scale: constant factor on the output (the states themselves are unscaled). It
             sets how far one optimiser step on the heads moves what they compute: with Adam a
             linear head's step in function space grows with the scale of the features it reads,
-            and at 1.0 the default core's output is about 3x an nn.LSTM's (README).
+            and at 1.0 CnnBrimsPolicy's heads read 2.8x what CnnLstmPolicy's do on Breakout
+            frames. Neither 0.35 (the LSTM's scale) nor 2.5 made the value fit sooner (README).
     """
 
     def __init__(

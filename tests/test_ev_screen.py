@@ -1,8 +1,10 @@
-"""``benchmarks/ev_screen.py``: run folders' TensorBoard scalars into the early-EV table and picture."""
+"""`benchmarks/ev_screen.py` (run folders' TensorBoard scalars into the early-EV table and picture) and
+`benchmarks/head_input_scale.py` (what the heads read, on real frames)."""
 
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,16 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "expected VARIANT=PATTERN with {seed}" in done.stderr and "Traceback" not in done.stderr
     done = run(tmp_path, "--add", f"x={tmp_path}/missing_s{{seed}}")
     assert done.returncode == 2 and "no run folder matches" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_head_input_scale_reads_what_each_policys_action_head_reads() -> None:
+    """``benchmarks/head_input_scale.py`` on real Breakout frames: one row per policy, each with
+    its head's width (CnnLstmPolicy 256, CnnBrimsPolicy 264) and 4 envs x 8 steps of inputs."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "head_input_scale.py"), "lstm", "brims", "--steps", "8"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| lstm") or line.startswith("| brims")]
+    assert [(r[0].strip(), int(r[1]), int(r[2])) for r in rows] == [("lstm at init", 32, 256), ("brims at init", 32, 264)]
+    assert all(float(r[3]) > 0 for r in rows)
