@@ -10,8 +10,9 @@ next to the differences between variants).
     python benchmarks/ev_screen.py docs/results/breakout_ev_levers \\
         --add "brims output_scale=2.5=runs/learning/breakout_os/breakout_brims_os250_s{seed}"
 
-``--add VARIANT=PATTERN`` (the last ``=`` splits; ``{seed}`` in the pattern) replaces that
-variant's rows with the run folders' scalars, seeds 0-9 where the folder exists.
+``--add VARIANT=PATTERN`` (the last ``=`` splits; ``{seed}`` in the pattern) reads the run
+folders of seeds 0-9 that exist, each replacing that variant's rows for its seed (more seeds
+of a variant can come from another folder).
 """
 
 from __future__ import annotations
@@ -38,19 +39,16 @@ def fail(message: str) -> None:
 
 
 def add_runs(rows: list[dict[str, str]], variant: str, pattern: str, limit: int) -> list[dict[str, str]]:
-    """``rows`` without ``variant``'s, plus its run folders' scalars up to ``limit`` steps."""
-    kept = [row for row in rows if row["variant"] != variant]
-    found = 0
-    for seed in range(10):
-        folder = Path(pattern.format(seed=seed))
-        if not folder.is_dir():
-            continue
-        found += 1
-        for step, explained_variance, *_ in read_train_scalars(folder):
+    """``rows`` with ``variant``'s rows for every seed that has a run folder replaced by that
+    folder's scalars up to ``limit`` steps (its other seeds' rows kept)."""
+    seeds = [seed for seed in range(10) if Path(pattern.format(seed=seed)).is_dir()]
+    if not seeds:
+        fail(f"--add {variant}={pattern}: no run folder matches for seeds 0-9")
+    kept = [row for row in rows if not (row["variant"] == variant and int(row["seed"]) in seeds)]
+    for seed in seeds:
+        for step, explained_variance, *_ in read_train_scalars(Path(pattern.format(seed=seed))):
             if step <= limit:
                 kept.append(dict(variant=variant, seed=str(seed), step=str(step), explained_variance=f"{explained_variance:.4f}"))
-    if not found:
-        fail(f"--add {variant}={pattern}: no run folder matches for seeds 0-9")
     return kept
 
 

@@ -34,7 +34,7 @@ def test_added_runs_replace_their_variant_and_summarise_per_seed(tmp_path: Path)
     with open(results / "train_ev.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "seed", "step", "explained_variance"])
-        writer.writerows([["lstm", 0, 20000, 0.2], ["lstm", 0, 30000, 0.8], ["old", 0, 20000, 0.1]])
+        writer.writerows([["lstm", 0, 20000, 0.2], ["lstm", 0, 30000, 0.8], ["old", 0, 20000, 0.1], ["old", 1, 20000, 0.7]])
     write_run(tmp_path / "runs" / "x_s0", [(5000, 0.9), (20000, 0.3), (40000, 0.6), (70000, 0.9)])
     write_run(tmp_path / "runs" / "x_s2", [(20000, 0.55)])
     write_run(tmp_path / "runs" / "old_s0", [(20000, 0.4)])
@@ -44,11 +44,12 @@ def test_added_runs_replace_their_variant_and_summarise_per_seed(tmp_path: Path)
 
     with open(results / "train_ev.csv", newline="") as handle:
         rows = [(r["variant"], int(r["seed"]), int(r["step"]), float(r["explained_variance"])) for r in csv.DictReader(handle)]
-    # The variant name keeps its own "=" (the last one splits); 70000 is past --limit; old's row replaced.
+    # The variant name keeps its own "=" (the last one splits); 70000 is past --limit; old's seed 0
+    # replaced by its run folder, its seed 1 (no folder) kept.
     assert [r for r in rows if r[0] == "new lever=2.5"] == [
         ("new lever=2.5", 0, 5000, 0.9), ("new lever=2.5", 0, 20000, 0.3), ("new lever=2.5", 0, 40000, 0.6), ("new lever=2.5", 2, 20000, 0.55)
     ]
-    assert [r for r in rows if r[0] == "old"] == [("old", 0, 20000, 0.4)]
+    assert sorted(r for r in rows if r[0] == "old") == [("old", 0, 20000, 0.4), ("old", 1, 20000, 0.7)]
     summary = (results / "summary.md").read_text()
     # Seed 0: the 5k point is outside 10-50k; the first step above 0.5 is 5000.
     assert "| new lever=2.5 | 0 | 5000 | 0.45 |" in summary
