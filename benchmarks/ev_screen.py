@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import _binned, read_train_scalars  # noqa: E402
+from learning import _binned, first_step_above, read_train_scalars  # noqa: E402
 
 FIELDS = ["variant", "seed", "step", "explained_variance"]
 WINDOW = (10_000, 50_000)
@@ -80,7 +80,7 @@ def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], limit: 
     means = {}
     for variant, seeds in curves.items():
         for seed, (steps, values) in seeds.items():
-            first = next((int(s) for s, v in zip(steps, values) if v > 0.5), None)
+            first = first_step_above(steps, values)
             means.setdefault(variant, []).append(window_mean(steps, values))
             lines.append(f"| {variant} | {seed} | {first if first is not None else f'not by {steps.max():,}'} | {means[variant][-1]:.2f} |")
     lines += ["", "Mean over seeds of the mean EV over 10-50k steps:", ""]

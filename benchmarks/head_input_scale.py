@@ -51,10 +51,12 @@ def main() -> None:
     print("| policy | rows | width | rms | std across steps (mean over units) |")
     print("|---|---:|---:|---:|---:|")
     for spec in args.policies:
-        config = resolve_config("ppo", spec if spec in ("brims", "lstm") else "brims", args.game, overrides=args.overrides, seed=args.seed)
+        fresh = spec in ("brims", "lstm")
+        # A saved model only needs the game's env, which the brims config describes.
+        config = resolve_config("ppo", spec if fresh else "brims", args.game, overrides=args.overrides, seed=args.seed)
         env = make_run_env(config, n_envs=4, seed=100 + args.seed)
         try:
-            if spec in ("brims", "lstm"):
+            if fresh:
                 model = build_model(config, env)
                 name = f"{spec} at init" + (f" ({', '.join(args.overrides)})" if args.overrides else "")
             else:

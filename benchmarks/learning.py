@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -190,6 +190,11 @@ def _groups(rows: list[tuple]) -> dict[tuple[str, str], dict[int, list[tuple]]]:
     return groups
 
 
+def first_step_above(steps: Iterable[int], values: Iterable[float], threshold: float = 0.5) -> Optional[int]:
+    """The first step whose value exceeds ``threshold`` (None if none does)."""
+    return next((int(step) for step, value in zip(steps, values) if value > threshold), None)
+
+
 def summary_table(episode_rows: list[tuple], train_rows: list[tuple], timesteps: int, window: int) -> str:
     train = _groups(train_rows)
     lines = [
@@ -207,8 +212,8 @@ def summary_table(episode_rows: list[tuple], train_rows: list[tuple], timesteps:
             trained.append(f"{max(step for step, *_ in updates):,}" if updates else "0")
             last = [score for step, score in rows if step > timesteps - window]
             means.append(float(np.mean(last)) if last else float("nan"))
-            crossing = [step for step, ev, *_ in train.get((game, policy), {}).get(seed, []) if ev > 0.5]
-            firsts.append(f"{crossing[0]:,}" if crossing else "never")
+            first = first_step_above([step for step, *_ in updates], [ev for _, ev, *_ in updates])
+            firsts.append(f"{first:,}" if first is not None else "never")
         lines.append(
             f"| {game} | {policy} | {len(means)} | {', '.join(trained)} | {np.nanmean(means):.2f} | "
             f"{', '.join(f'{m:.2f}' for m in means)} | {', '.join(firsts)} |"
