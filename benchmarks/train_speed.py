@@ -11,6 +11,10 @@ minibatch 256), for a fixed budget of environment steps after one untimed warm-u
   (d) only with ``--only abcd``: (b) with its core compiled (``BrimsPolicy.compile_cores``),
       for GPUs (compiling takes minutes on a CPU; it happens in the untimed warm-up).
 
+``--set policy_kwargs.KEY=VALUE`` (repeatable) changes the BRIMs policy of (b) and (d), e.g.
+``--set policy_kwargs.top_k=[6,5] --set policy_kwargs.core_kwargs.input_value_size=176`` for
+configs/ppo.yaml's Atari settings.
+
 Printed: whole-loop steps/s (rollouts plus updates) and its ratio to (a); rollout-only
 steps/s (time spent collecting rollouts); and the raw ``AtariVectorEnv`` random-action rate,
 the emulator's ceiling for rollouts. ``--repeats R`` runs the configurations round-robin R
@@ -34,6 +38,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
 from agents import RecurrentPPO
+from agents.config_files import apply_overrides
 from brims_rl.utils import resolve_device
 
 PPO_SETTINGS = dict(n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4, clip_range=0.1, ent_coef=0.01)
@@ -63,7 +68,11 @@ class Measurement:
     rollout_sps: list[float] = field(default_factory=list)
 
 
-def contrib_lstm(game: str, n_envs: int, device: str) -> BaseAlgorithm:
+#: (game, n_envs, device, BRIMs policy_kwargs from ``--set``) -> a model ready to learn.
+Builder = Callable[[str, int, str, dict[str, Any]], BaseAlgorithm]
+
+
+def contrib_lstm(game: str, n_envs: int, device: str, brims_policy_kwargs: dict[str, Any]) -> BaseAlgorithm:
     import ale_py
     import gymnasium as gym
     import sb3_contrib
@@ -76,10 +85,11 @@ def contrib_lstm(game: str, n_envs: int, device: str) -> BaseAlgorithm:
     return sb3_contrib.RecurrentPPO("CnnLstmPolicy", env, device=device, seed=0, **PPO_SETTINGS)
 
 
-def ours(policy: str, compile_core: bool = False) -> Callable[[str, int, str], BaseAlgorithm]:
-    def build(game: str, n_envs: int, device: str) -> BaseAlgorithm:
+def ours(policy: str, compile_core: bool = False) -> Builder:
+    def build(game: str, n_envs: int, device: str, brims_policy_kwargs: dict[str, Any]) -> BaseAlgorithm:
         env = envs.make_atari_vec_env(game, n_envs=n_envs, seed=0, backend="ale")
-        model = RecurrentPPO(policy, env, device=device, seed=0, **PPO_SETTINGS)  # default sequence_length (8)
+        policy_kwargs = dict(brims_policy_kwargs) if policy == "CnnBrimsPolicy" else {}
+        model = RecurrentPPO(policy, env, device=device, seed=0, policy_kwargs=policy_kwargs, **PPO_SETTINGS)  # default sequence_length (8)
         if compile_core:
             model.policy.compile_cores()  # compiled during the untimed warm-up rollout and update
         return model
@@ -87,7 +97,7 @@ def ours(policy: str, compile_core: bool = False) -> Callable[[str, int, str], B
     return build
 
 
-CONFIGS: dict[str, tuple[str, Callable[[str, int, str], BaseAlgorithm]]] = {
+CONFIGS: dict[str, tuple[str, Builder]] = {
     "a": ("sb3-contrib RecurrentPPO CnnLstmPolicy, make_atari_env", contrib_lstm),
     "b": ("brims-rl RecurrentPPO CnnBrimsPolicy, backend ale", ours("CnnBrimsPolicy")),
     "c": ("brims-rl RecurrentPPO CnnLstmPolicy, backend ale", ours("CnnLstmPolicy")),
@@ -96,9 +106,24 @@ CONFIGS: dict[str, tuple[str, Callable[[str, int, str], BaseAlgorithm]]] = {
 }
 
 
-def measure(build: Callable[[str, int, str], BaseAlgorithm], game: str, n_envs: int, device: str, rollouts: int) -> tuple[float, float]:
-    """(whole-loop steps/s, rollout-only steps/s) over ``rollouts`` timed rollouts + updates."""
-    model = build(game, n_envs, device)
+def check_brims_policy_kwargs(game: str, policy_kwargs: dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    """Build the BRIMs policy once, so a bad ``--set`` fails in one line before anything is timed."""
+    from brims_rl.policies import CnnBrimsPolicy
+
+    env = envs.make_atari_vec_env(game, n_envs=1, seed=0, backend="ale")
+    try:
+        CnnBrimsPolicy(env.observation_space, env.action_space, lambda _: 2.5e-4, **policy_kwargs)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--set: {error}")
+    finally:
+        env.close()
+
+
+def measure(
+    build: Builder, game: str, n_envs: int, device: str, rollouts: int, brims_policy_kwargs: dict[str, Any]
+) -> tuple[float, float, int]:
+    """(whole-loop steps/s, rollout-only steps/s, policy parameters) over ``rollouts`` timed rollouts + updates."""
+    model = build(game, n_envs, device, brims_policy_kwargs)
     per_rollout = model.n_steps * model.n_envs
     model.learn(per_rollout)  # warm-up: allocations, first-touch, thread pools
     timer = RolloutTimer()
@@ -107,7 +132,8 @@ def measure(build: Callable[[str, int, str], BaseAlgorithm], game: str, n_envs: 
     model.learn(budget, callback=timer, reset_num_timesteps=False)
     elapsed = time.perf_counter() - started
     model.get_env().close()
-    return budget / elapsed, budget / timer.seconds
+    parameters = sum(parameter.numel() for parameter in model.policy.parameters())
+    return budget / elapsed, budget / timer.seconds, parameters
 
 
 def raw_emulator_rate(game: str, n_envs: int, steps: int = 1000) -> float:
@@ -137,6 +163,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", default="abc", help="subset of configurations to run, e.g. 'ab'")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="policy_kwargs.KEY=VALUE",
+        help="BRIMs policy option for (b) and (d), e.g. policy_kwargs.core_kwargs.input_value_size=176",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,14 +175,28 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown configuration(s) {sorted(unknown)}; choose from {sorted(CONFIGS)}")
 
+    try:
+        overrides = apply_overrides({"policy_kwargs": {}}, args.set)
+    except ValueError as error:
+        parser.error(str(error))
+    if set(overrides) != {"policy_kwargs"}:
+        parser.error(f"--set: only policy_kwargs.KEY=VALUE is allowed here, got {sorted(set(overrides) - {'policy_kwargs'})}")
+    brims_policy_kwargs = overrides["policy_kwargs"]
+    if brims_policy_kwargs:
+        check_brims_policy_kwargs(args.game, brims_policy_kwargs, parser)
+
     results = {key: Measurement() for key in args.only}
     for repeat in range(args.repeats):
         for key in args.only:
             name, build = CONFIGS[key]
-            total, rollout = measure(build, args.game, args.n_envs, device, args.rollouts)
+            total, rollout, parameters = measure(build, args.game, args.n_envs, device, args.rollouts, brims_policy_kwargs)
             results[key].total_sps.append(total)
             results[key].rollout_sps.append(rollout)
-            print(f"  [{repeat + 1}/{args.repeats}] ({key}) {name}: {total:.0f} steps/s, rollouts {rollout:.0f} steps/s", flush=True)
+            print(
+                f"  [{repeat + 1}/{args.repeats}] ({key}) {name}: {total:.0f} steps/s, rollouts {rollout:.0f} steps/s, "
+                f"{parameters:,} policy parameters",
+                flush=True,
+            )
     emulator = raw_emulator_rate(args.game, args.n_envs)
 
     threads = torch.get_num_threads()
@@ -161,6 +205,8 @@ def main() -> None:
         f"{PPO_SETTINGS['n_epochs']} epochs, minibatch {PPO_SETTINGS['batch_size']}, device {device} "
         f"({threads} torch threads), {args.rollouts} timed rollouts, median of {args.repeats}\n"
     )
+    if brims_policy_kwargs:
+        print(f"(b) and (d) with policy_kwargs {brims_policy_kwargs}\n")
     print("| config | whole loop steps/s | ratio vs (a) | rollout-only steps/s |")
     print("|---|---:|---:|---:|")
     base = statistics.median(results["a"].total_sps) if "a" in results else None
