@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from brims_rl.layer import CELL_TYPES, WEIGHT_INITS, BrimsLayer
+from brims_rl.utils import check_positive_number
 
 TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
 OUTPUT_MODES = ("top", "sum")
@@ -152,8 +153,6 @@ class BRIMs(nn.Module):
             raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output={output!r}: expected one of {OUTPUT_MODES}")
-        if not (isinstance(output_scale, (int, float)) and not isinstance(output_scale, bool) and output_scale > 0):
-            raise ValueError(f"output_scale={output_scale!r}: expected a positive number")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
@@ -165,7 +164,7 @@ class BRIMs(nn.Module):
         self.cell = cell
         self.top_down = top_down
         self.output = output
-        self.output_scale = float(output_scale)
+        self.output_scale = check_positive_number("output_scale", output_scale)
         self.top_down_source = [self._top_down_source(layer) for layer in range(num_layers)]
         self.layers = nn.ModuleList(
             BrimsLayer(

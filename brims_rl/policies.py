@@ -19,7 +19,8 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from stable_baselines3.common.type_aliases import Schedule
 
 from brims_rl.core import BRIMs
-from brims_rl.utils import check_core_kwargs
+from brims_rl.optim import LR_SCALE, apply_lr_scales
+from brims_rl.utils import check_core_kwargs, check_positive_number
 
 CRITIC_CORES = ("shared", "separate", "none")
 # BRIMs arguments the policy takes directly (the input size is the features' width).
@@ -45,6 +46,9 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
             likewise). ``"separate"``: a BRIMs core of its own (sb3-contrib's default for
             LSTMs). ``"none"``: a linear layer on the features, no memory.
             (sb3-contrib's ``shared_lstm`` / ``enable_critic_lstm`` are replaced by this.)
+        core_lr_scale: factor on the learning rate of the BRIMs core(s) only (the features
+            extractor and the heads keep the algorithm's rate, schedule included). At 1.0
+            (default) the optimizer has one parameter group, as SB3's policies do.
 
     Shapes: the core is fed ``(T, n_seq, features_dim)`` and its state is
     ``(num_layers, n_seq, hidden_size)`` for h and c, exactly as sb3-contrib's LSTM.
@@ -68,6 +72,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         top_down: str = "adjacent",
         core_kwargs: Optional[dict[str, Any]] = None,
         critic_core: str = "shared",
+        core_lr_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         for replaced in LSTM_ONLY_ARGUMENTS:
@@ -84,6 +89,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
                 "stream); use critic_core='separate' for separate feature extractors"
             )
         self.critic_core = critic_core
+        self.core_lr_scale = check_positive_number("core_lr_scale", core_lr_scale)
         self.core_options = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,
@@ -112,7 +118,9 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
             self.lstm_critic = BRIMs(self.features_dim, **self.core_options)
         # The parent built its optimizer over the nn.LSTM it made; without a new one the
         # BRIMs weights would never be trained.
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(self._parameter_groups(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        if self.core_lr_scale != 1.0:
+            apply_lr_scales(self.optimizer)
         self.activation_recorder = None
 
     def compile_cores(self, **compile_kwargs: Any) -> None:
@@ -126,6 +134,15 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         for core in self.brims_cores():
             core.compile(**{"dynamic": False, **compile_kwargs})
 
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """One group of every parameter, or (``core_lr_scale`` != 1) the cores' and the rest's."""
+        if self.core_lr_scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        in_cores = {id(parameter) for core in self.brims_cores() for parameter in core.parameters()}
+        cores = [parameter for parameter in self.parameters() if id(parameter) in in_cores]
+        rest = [parameter for parameter in self.parameters() if id(parameter) not in in_cores]
+        return [{"params": cores, LR_SCALE: self.core_lr_scale}, {"params": rest}]
+
     def brims_cores(self) -> list[BRIMs]:
         """The actor core, and the critic's when ``critic_core="separate"``."""
         return [core for core in (self.lstm_actor, self.lstm_critic) if isinstance(core, BRIMs)]
@@ -136,7 +153,7 @@ class BrimsPolicy(RecurrentActorCriticPolicy):
         options = dict(self.core_options)
         named = ("hidden_size", "num_layers", "num_modules", "top_k", "cell", "top_down")
         data.update({name: options.pop(name) for name in named})
-        data.update(core_kwargs=options, critic_core=self.critic_core)
+        data.update(core_kwargs=options, critic_core=self.critic_core, core_lr_scale=self.core_lr_scale)
         for replaced in ("shared_lstm", "enable_critic_lstm", "lstm_hidden_size", "n_lstm_layers", "lstm_kwargs"):
             data.pop(replaced, None)
         return data

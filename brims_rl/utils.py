@@ -29,6 +29,14 @@ def check_int(name: str, value: Any, low: int, allow_none: bool = False) -> Opti
     return value
 
 
+def check_positive_number(name: str, value: Any) -> float:
+    """``value`` as a float if it is a positive int or float (not a bool), else a one-line
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}={value!r}: expected a positive number")
+    return float(value)
+
+
 def check_core_kwargs(core_kwargs: Optional[dict[str, Any]], reserved: Iterable[str], owner: str) -> dict[str, Any]:
     """``core_kwargs`` as a dict, refusing keys that ``owner`` sets through its own arguments."""
     core_kwargs = dict(core_kwargs or {})

@@ -704,3 +704,56 @@ def test_cuda_training_path(tmp_path, cartpole_env):
     on_cpu = brims_rl.load(tmp_path / "cuda.zip", device="cpu")
     assert next(on_cpu.policy.parameters()).device.type == "cpu"
     assert np.array_equal(deterministic_actions(on_cpu, observations, starts), expected)
+
+
+def _one_sgd_step(policy, obs: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    """The change of every parameter (by name) after one SGD step at base rate ``lr`` on a
+    value + policy loss, with the rate written into every group first, as SB3 does."""
+    for group in policy.optimizer.param_groups:
+        group["lr"] = lr
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    states = RNNStates(_random_states(policy.lstm_actor, obs.shape[0]), _random_states(policy.lstm_actor, obs.shape[0]))
+    values, log_prob, _ = policy.evaluate_actions(obs, torch.zeros(obs.shape[0]), states, torch.zeros(obs.shape[0]))
+    policy.optimizer.zero_grad()
+    (values.pow(2).mean() - log_prob.mean()).backward()
+    policy.optimizer.step()
+    return {name: p.detach() - before[name] for name, p in policy.named_parameters()}
+
+
+@pytest.mark.parametrize("critic_core", ["shared", "separate"])
+def test_core_lr_scale_multiplies_the_cores_step_only(critic_core):
+    obs = torch.rand(4, 3) * 2 - 1
+    sgd = dict(optimizer_class=torch.optim.SGD)
+    plain = _one_sgd_step(make_policy(MlpBrimsPolicy, critic_core, **sgd), obs, lr=1.0)
+    scaled_policy = make_policy(MlpBrimsPolicy, critic_core, core_lr_scale=3.0, **sgd)
+    seen: list[list[float]] = []
+    scaled_policy.optimizer.register_step_pre_hook(lambda opt, *_: seen.append([g["lr"] for g in opt.param_groups]))
+    scaled = _one_sgd_step(scaled_policy, obs, lr=1.0)
+    assert seen == [[3.0, 1.0]]  # during the step: the cores' group at 3x
+    assert [group["lr"] for group in scaled_policy.optimizer.param_groups] == [1.0, 1.0]  # after it: the base rate
+    in_cores = {name for name, _ in scaled_policy.named_parameters() if name.startswith(("lstm_actor.", "lstm_critic."))}
+    assert in_cores and set(scaled) - in_cores
+    for name, change in plain.items():
+        if name in in_cores:
+            # float32 rounding of small steps: compare each tensor's step size, not elements
+            assert change.norm() > 0, name
+            assert scaled[name].norm() / change.norm() == pytest.approx(3.0, rel=0.02), name
+        else:
+            assert torch.equal(scaled[name], change), name
+
+
+def test_core_lr_scale_saves_loads_and_is_checked(tmp_path, cartpole_env):
+    default = make_policy(MlpBrimsPolicy)
+    assert len(default.optimizer.param_groups) == 1  # at 1.0 the optimizer is SB3's usual one group
+    model = RecurrentPPO(
+        "MlpBrimsPolicy", cartpole_env, n_steps=16, batch_size=32, policy_kwargs=dict(TINY_BRIMS, core_lr_scale=2.0), seed=0
+    )
+    model.learn(32)
+    model.save(tmp_path / "scaled.zip")
+    loaded = brims_rl.load(tmp_path / "scaled.zip", env=cartpole_env)
+    assert loaded.policy.core_lr_scale == 2.0
+    assert [group.get("lr_scale") for group in loaded.policy.optimizer.param_groups] == [2.0, None]
+    loaded.learn(32)  # the loaded optimizer state fits its two groups
+    for bad in (0, -1.0, "2", True):
+        with pytest.raises(ValueError, match=rf"core_lr_scale={bad!r}: expected a positive number"):
+            make_policy(MlpBrimsPolicy, core_lr_scale=bad)
