@@ -1,11 +1,13 @@
 """Early explained-variance screen: how soon each variant's value head fits, seed by seed.
 
-Keeps a folder of per-update ``train/explained_variance`` (``train_ev.csv``: variant, seed,
-step, explained_variance) for the first ``--limit`` env steps of runs made by
-``benchmarks/learning.py``, and writes from it ``summary.md`` (per seed: first step above
-0.5, mean over 10-50k steps; per variant: the mean over seeds) and ``ev_screen.png`` (left:
-mean curve per variant; right: every seed's 10-50k mean, so the spread between seeds shows
-next to the differences between variants).
+Keeps a folder of per-update ``train/explained_variance``, ``train/entropy_loss`` and
+``train/approx_kl`` (``train_ev.csv``: variant, seed, step, explained_variance, entropy_loss,
+approx_kl; the last two empty in rows read before they were kept) for the first ``--limit`` env
+steps of runs made by ``benchmarks/learning.py``, and writes from it ``summary.md`` (per seed:
+first step above 0.5, mean over 10-50k steps; per variant: the mean over seeds, and how far
+each update moved the policy: mean approx_kl per window, entropy over 30-50k steps) and
+``ev_screen.png`` (left: mean curve per variant; right: every seed's 10-50k mean, so the
+spread between seeds shows next to the differences between variants).
 
     python benchmarks/ev_screen.py docs/results/breakout_ev_levers \\
         --add "brims output_scale=2.5=runs/learning/breakout_os/breakout_brims_os250_s{seed}"
@@ -13,6 +15,9 @@ next to the differences between variants).
 ``--add VARIANT=PATTERN`` (the last ``=`` splits; ``{seed}`` in the pattern) reads the run
 folders of seeds 0-9 that exist, each replacing that variant's rows for its seed (more seeds
 of a variant can come from another folder).
+``--add-results VARIANT=FOLDER:LABEL`` reads them instead from a results folder that
+``benchmarks/learning.py`` wrote (its train.csv, rows of policy LABEL), for runs whose folders
+are gone: ``--add-results "lstm=docs/results/breakout_300k:lstm"``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import _binned, first_step_above, read_train_scalars  # noqa: E402
 
-FIELDS = ["variant", "seed", "step", "explained_variance"]
+FIELDS = ["variant", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"]
 WINDOW = (10_000, 50_000)
+# Where approx_kl is averaged: before the value fits (0-10k), while it fits, after.
+KL_WINDOWS = [(0, 10_000), (10_000, 30_000), (30_000, 50_000)]
 
 
 def fail(message: str) -> None:
@@ -38,18 +45,83 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def replace_seeds(
+    rows: list[dict[str, str]], variant: str, scalars: dict[int, list[tuple[float, float, float, float]]], limit: int
+) -> list[dict[str, str]]:
+    """``rows`` with ``variant``'s rows for the seeds in ``scalars`` (seed -> (step,
+    explained_variance, entropy_loss, approx_kl) per update) replaced by those up to ``limit``
+    steps; its other seeds' rows kept, and the variants in their order in ``rows``."""
+    order = {name: index for index, name in reversed(list(enumerate(row["variant"] for row in rows)))}
+    kept = [row for row in rows if not (row["variant"] == variant and int(row["seed"]) in scalars)]
+    for seed, points in scalars.items():
+        for step, explained_variance, entropy_loss, approx_kl in points:
+            if step <= limit:
+                kept.append(
+                    dict(
+                        variant=variant, seed=str(seed), step=str(int(step)), explained_variance=f"{explained_variance:.4f}",
+                        entropy_loss="" if np.isnan(entropy_loss) else f"{entropy_loss:.5f}",
+                        approx_kl="" if np.isnan(approx_kl) else f"{approx_kl:.4e}",
+                    )
+                )
+    return sorted(kept, key=lambda row: order.get(row["variant"], len(rows)))
+
+
 def add_runs(rows: list[dict[str, str]], variant: str, pattern: str, limit: int) -> list[dict[str, str]]:
-    """``rows`` with ``variant``'s rows for every seed that has a run folder replaced by that
-    folder's scalars up to ``limit`` steps (its other seeds' rows kept)."""
+    """``variant``'s seeds 0-9 that have a run folder (``pattern`` with ``{seed}``), read from their TensorBoard scalars."""
     seeds = [seed for seed in range(10) if Path(pattern.format(seed=seed)).is_dir()]
     if not seeds:
         fail(f"--add {variant}={pattern}: no run folder matches for seeds 0-9")
-    kept = [row for row in rows if not (row["variant"] == variant and int(row["seed"]) in seeds)]
-    for seed in seeds:
-        for step, explained_variance, *_ in read_train_scalars(Path(pattern.format(seed=seed))):
-            if step <= limit:
-                kept.append(dict(variant=variant, seed=str(seed), step=str(step), explained_variance=f"{explained_variance:.4f}"))
-    return kept
+    return replace_seeds(rows, variant, {seed: read_train_scalars(Path(pattern.format(seed=seed))) for seed in seeds}, limit)
+
+
+def add_results(rows: list[dict[str, str]], variant: str, folder: Path, label: str, limit: int) -> list[dict[str, str]]:
+    """``variant``'s seeds from the rows of policy ``label`` in a ``benchmarks/learning.py`` results folder's train.csv."""
+    table = folder / "train.csv"
+    if not table.is_file():
+        fail(f"--add-results {variant}={folder}:{label}: no train.csv in {folder}")
+    scalars: dict[int, list[tuple[float, float, float, float]]] = {}
+    with open(table, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["policy"] == label:
+                values = (row["step"], row["explained_variance"], row["entropy_loss"], row["approx_kl"])
+                scalars.setdefault(int(row["seed"]), []).append(tuple(float(value) if value else float("nan") for value in values))
+    if not scalars:
+        fail(f"--add-results {variant}={folder}:{label}: no rows of policy {label!r} in {table}")
+    return replace_seeds(rows, variant, scalars, limit)
+
+
+def update_size(rows: list[dict[str, str]]) -> dict[str, dict[int, np.ndarray]]:
+    """variant -> seed -> ``(n, 3)`` rows of (step, entropy_loss, approx_kl), for seeds whose rows carry them."""
+    result: dict[str, dict[int, list[tuple[float, float, float]]]] = {}
+    for row in rows:
+        if row.get("approx_kl") and row.get("entropy_loss"):
+            result.setdefault(row["variant"], {}).setdefault(int(row["seed"]), []).append(
+                (float(row["step"]), float(row["entropy_loss"]), float(row["approx_kl"]))
+            )
+    return {v: {s: np.array(points) for s, points in sorted(seeds.items())} for v, seeds in result.items()}
+
+
+def update_size_table(sizes: dict[str, dict[int, np.ndarray]]) -> list[str]:
+    """Per variant: mean approx_kl (x1e-3) per KL window and mean entropy over 30-50k steps,
+    each the mean over seeds of the per-seed window means."""
+    def mean_over_seeds(seeds: dict[int, np.ndarray], column: int, low: int, high: int) -> float:
+        per_seed = [window_mean(points[:, 0], points[:, column], low, high) for points in seeds.values()]
+        per_seed = [value for value in per_seed if not np.isnan(value)]
+        return float(np.mean(per_seed)) if per_seed else float("nan")
+
+    windows = " | ".join(f"approx_kl x1e-3, {low // 1000}-{high // 1000}k" for low, high in KL_WINDOWS)
+    lines = [
+        "How far each update moved the policy (`train/approx_kl`) and its entropy (`train/entropy_loss`; -1.386 is",
+        "uniform over Breakout's 4 actions), mean over the seeds whose rows carry them:",
+        "",
+        f"| variant | seeds | {windows} | entropy_loss, 30-50k |",
+        "|---|---:|" + "---:|" * (len(KL_WINDOWS) + 1),
+    ]
+    for variant, seeds in sizes.items():
+        cells = [f"{mean_over_seeds(seeds, 2, low, high) * 1e3:.2f}" for low, high in KL_WINDOWS]
+        cells.append(f"{mean_over_seeds(seeds, 1, 30_000, 50_000):.3f}")
+        lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def per_seed(rows: list[dict[str, str]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
@@ -62,12 +134,13 @@ def per_seed(rows: list[dict[str, str]]) -> dict[str, dict[int, tuple[np.ndarray
     return {v: {s: (np.array(a), np.array(b)) for s, (a, b) in sorted(seeds.items())} for v, seeds in result.items()}
 
 
-def window_mean(steps: np.ndarray, values: np.ndarray) -> float:
-    inside = (steps >= WINDOW[0]) & (steps < WINDOW[1])
+def window_mean(steps: np.ndarray, values: np.ndarray, low: int = WINDOW[0], high: int = WINDOW[1]) -> float:
+    """Mean of ``values`` at ``low <= step < high`` (NaN when no step is there)."""
+    inside = (steps >= low) & (steps < high)
     return float(values[inside].mean()) if inside.any() else float("nan")
 
 
-def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], limit: int) -> str:
+def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], sizes: dict[str, dict[int, np.ndarray]], limit: int) -> str:
     lines = [
         f"Breakout, first {limit:,} env steps of runs with the 300k-step schedules (`--timesteps 300000`), "
         "the levers stopped at 45-60k steps.",
@@ -85,6 +158,8 @@ def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], limit: 
             lines.append(f"| {variant} | {seed} | {first if first is not None else f'not by {steps.max():,}'} | {means[variant][-1]:.2f} |")
     lines += ["", "Mean over seeds of the mean EV over 10-50k steps:", ""]
     lines += [f"* {v}: {np.mean(m):.2f} ({len(m)} seed{'s' if len(m) > 1 else ''})" for v, m in means.items()]
+    if sizes:
+        lines += [""] + update_size_table(sizes)
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +211,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="results folder holding train_ev.csv")
     parser.add_argument("--add", action="append", default=[], metavar="VARIANT=PATTERN", help="(re)read a variant from run folders")
+    parser.add_argument(
+        "--add-results", action="append", default=[], metavar="VARIANT=FOLDER:LABEL",
+        help="(re)read a variant's seeds from the train.csv of a benchmarks/learning.py results folder (rows of policy LABEL)",
+    )
     parser.add_argument("--limit", type=int, default=60_000, help="keep steps up to this many (default 60000)")
     args = parser.parse_args()
     table = args.folder / "train_ev.csv"
@@ -148,17 +227,24 @@ def main() -> None:
         if not separator or not variant or "{seed}" not in pattern:
             fail(f"--add {spec!r}: expected VARIANT=PATTERN with {{seed}} in the pattern")
         rows = add_runs(rows, variant, pattern, args.limit)
-    if args.add:
+    for spec in args.add_results:
+        variant, separator, source = spec.rpartition("=")
+        folder, colon, label = source.rpartition(":")
+        if not separator or not variant or not colon or not folder or not label:
+            fail(f"--add-results {spec!r}: expected VARIANT=FOLDER:LABEL")
+        rows = add_results(rows, variant, Path(folder), label, args.limit)
+    if args.add or args.add_results:
         temporary = table.with_suffix(".csv.tmp")
         with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, FIELDS)
+            writer = csv.DictWriter(handle, FIELDS, restval="")
             writer.writeheader()
             writer.writerows(rows)
         temporary.replace(table)
     curves = per_seed(rows)
-    (args.folder / "summary.md").write_text(summary(curves, args.limit))
+    text = summary(curves, update_size(rows), args.limit)
+    (args.folder / "summary.md").write_text(text)
     plot(curves, args.folder / "ev_screen.png", args.limit)
-    print(summary(curves, args.limit).split("Mean over seeds")[1])
+    print(text.split("Mean over seeds")[1])
 
 
 if __name__ == "__main__":
