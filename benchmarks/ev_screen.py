@@ -174,7 +174,8 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
     centres = (edges[:-1] + edges[1:]) / 2
     names = list(curves)
     palette = plt.get_cmap("tab20").colors
-    brims_colours = iter(palette[i] for i in [0, 2, 4, 6, 8, 10, 12, 16, 18, 1, 3, 5, 9, 11, 13, 17, 19] * 2)
+    # Every tab20 colour once (the strong ones first) before any repeats; greys last, next to the LSTM's black.
+    brims_colours = iter(palette[i] for i in [0, 2, 4, 6, 8, 10, 12, 16, 18, 1, 3, 5, 7, 9, 11, 13, 17, 19, 14, 15] * 2)
     for index, variant in enumerate(names):
         is_lstm = variant.startswith("lstm")
         colour = "black" if is_lstm else next(brims_colours)
@@ -203,7 +204,8 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
     right.set(title="mean EV over 10-50k steps: a dot per seed, a bar per mean", xlabel="mean explained variance, 10-50k steps")
     right.grid(alpha=0.3, axis="x")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    # "tight" keeps the legends below the axes and the long variant names inside the picture.
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
