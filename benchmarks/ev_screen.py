@@ -81,7 +81,11 @@ def add_results(rows: list[dict[str, str]], variant: str, folder: Path, label: s
         fail(f"--add-results {variant}={folder}:{label}: no train.csv in {folder}")
     scalars: dict[int, list[tuple[float, float, float, float]]] = {}
     with open(table, newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        missing = {"policy", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"} - set(reader.fieldnames or [])
+        if missing:
+            fail(f"--add-results {variant}={folder}:{label}: {table} lacks the columns {sorted(missing)} (expected benchmarks/learning.py's train.csv)")
+        for row in reader:
             if row["policy"] == label:
                 values = (row["step"], row["explained_variance"], row["entropy_loss"], row["approx_kl"])
                 scalars.setdefault(int(row["seed"]), []).append(tuple(float(value) if value else float("nan") for value in values))

@@ -111,6 +111,9 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "expected VARIANT=FOLDER:LABEL" in done.stderr and "Traceback" not in done.stderr
     done = run(tmp_path, "--add-results", f"x={tmp_path}/nowhere:lstm")
     assert done.returncode == 2 and "no train.csv" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "train.csv").write_text("game,policy,seed,step,explained_variance\n")
+    done = run(tmp_path, "--add-results", f"x={tmp_path}:lstm")
+    assert done.returncode == 2 and "lacks the columns ['approx_kl', 'entropy_loss']" in done.stderr and "Traceback" not in done.stderr
     (tmp_path / "train.csv").write_text("game,policy,seed,step,explained_variance,entropy_loss,approx_kl\n")
     done = run(tmp_path, "--add-results", f"x={tmp_path}:lstm")
     assert done.returncode == 2 and "no rows of policy 'lstm'" in done.stderr and "Traceback" not in done.stderr
