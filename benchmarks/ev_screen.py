@@ -51,7 +51,7 @@ def replace_seeds(
     """``rows`` with ``variant``'s rows for the seeds in ``scalars`` (seed -> (step,
     explained_variance, entropy_loss, approx_kl) per update) replaced by those up to ``limit``
     steps; its other seeds' rows kept, and the variants in their order in ``rows``."""
-    order = {name: index for index, name in reversed(list(enumerate(row["variant"] for row in rows)))}
+    order = {name: index for index, name in enumerate(dict.fromkeys(row["variant"] for row in rows))}
     kept = [row for row in rows if not (row["variant"] == variant and int(row["seed"]) in scalars)]
     for seed, points in scalars.items():
         for step, explained_variance, entropy_loss, approx_kl in points:
