@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Atari config: top_k [6, 5]": dict(top_k=[6, 5]),
     "Atari config + output=sum": dict(top_k=[6, 5], output="sum"),
     "Atari config + output_scale 2.5": dict(top_k=[6, 5], output_scale=2.5),
+    "Atari config + per-module values": dict(top_k=[6, 5], bottom_up_values="per_module"),
 }
 
 

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from brims_rl.layer import CELL_TYPES, WEIGHT_INITS, BrimsLayer
+from brims_rl.layer import BOTTOM_UP_VALUES, CELL_TYPES, WEIGHT_INITS, BrimsLayer
 from brims_rl.utils import check_positive_number
 
 TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
@@ -97,6 +97,11 @@ class BRIMs(nn.Module):
             linear head's step in function space grows with the scale of the features it reads,
             and at 1.0 CnnBrimsPolicy's heads read 2.8x what CnnLstmPolicy's do on Breakout
             frames. Neither 0.35 (the LSTM's scale) nor 2.5 made the value fit sooner (README).
+        bottom_up_values: "shared" (default, RIMs' input attention: every module of a layer
+            reads one value projection of the layer's bottom-up input, weighted by its own
+            attention) or "per_module" (each module reads a projection of its own, N times as
+            many value weights; keys, attention and top-k selection unchanged). With "shared"
+            a layer's modules all read the same ``input_heads * input_value_size`` numbers.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class BRIMs(nn.Module):
         weight_init: str = "fan_in",
         output: str = "top",
         output_scale: float = 1.0,
+        bottom_up_values: str = "shared",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -153,6 +159,8 @@ class BRIMs(nn.Module):
             raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output={output!r}: expected one of {OUTPUT_MODES}")
+        if bottom_up_values not in BOTTOM_UP_VALUES:
+            raise ValueError(f"bottom_up_values={bottom_up_values!r}: expected one of {BOTTOM_UP_VALUES}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
@@ -184,6 +192,7 @@ class BRIMs(nn.Module):
                 dropout=dropout,
                 bottom_up_norm=input_norm if layer == 0 else state_norm,
                 weight_init=weight_init,
+                bottom_up_values=bottom_up_values,
             )
             for layer in range(num_layers)
         )

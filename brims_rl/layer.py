@@ -16,6 +16,7 @@ from torch import nn
 
 CELL_TYPES = ("lstm", "gru")
 WEIGHT_INITS = ("fan_in", "uniform", "authors")
+BOTTOM_UP_VALUES = ("shared", "per_module")
 
 
 class LayerStep(NamedTuple):
@@ -58,6 +59,11 @@ class BrimsLayer(nn.Module):
         dropout: dropout on both attention maps.
         bottom_up_norm: LayerNorm of the bottom-up input before its key/value projection.
         weight_init: one of :data:`WEIGHT_INITS`, see :meth:`reset_parameters`.
+        bottom_up_values: "shared" (RIMs' attention: one value projection of the bottom-up
+            input that every module reads, weighted by its own attention) or "per_module"
+            (each module reads its own value projection of it; the keys stay shared, so the
+            attention and the top-k choice are computed as with "shared"). The top-down
+            slot's values are shared in both.
     """
 
     def __init__(
@@ -78,8 +84,11 @@ class BrimsLayer(nn.Module):
         dropout: float = 0.0,
         bottom_up_norm: bool = True,
         weight_init: str = "fan_in",
+        bottom_up_values: str = "shared",
     ) -> None:
         super().__init__()
+        if bottom_up_values not in BOTTOM_UP_VALUES:
+            raise ValueError(f"bottom_up_values={bottom_up_values!r}: expected one of {BOTTOM_UP_VALUES}")
         self.num_modules = num_modules
         self.top_k = top_k
         self.block_size = hidden_size // num_modules
@@ -96,16 +105,19 @@ class BrimsLayer(nn.Module):
         self.dropout = dropout
 
         self.weight_init = weight_init
+        self.per_module_values = bottom_up_values == "per_module"
 
         n, d = num_modules, self.block_size
         kv_width = input_heads * (input_key_size + input_value_size)
+        # "per_module": the keys of every head, then the values of every module and head.
+        bottom_up_width = input_heads * (input_key_size + n * input_value_size) if self.per_module_values else kv_width
         # LayerNorm of the bottom-up input puts its keys and values at unit scale, whatever the
         # encoder's or the layer below's: without it the observation's signal shrinks at each
         # attention hop (a lower layer's h is small at init).
         self.bottom_up_norm = nn.LayerNorm(bottom_up_size) if bottom_up_norm else nn.Identity()
         # One key/value projection per input slot, no bias: the null slot is a zero
         # vector whose key and value stay exactly zero, so its logit is always 0.
-        self.bottom_up_kv = nn.Linear(bottom_up_size, kv_width, bias=False)
+        self.bottom_up_kv = nn.Linear(bottom_up_size, bottom_up_width, bias=False)
         self.top_down_kv = nn.Linear(top_down_size, kv_width, bias=False) if self.has_top_down else None
         self.query = _grouped_weight(n, d, input_heads * input_key_size)
 
@@ -167,7 +179,12 @@ class BrimsLayer(nn.Module):
                 # the values by S / sqrt(S - 1) to hand the cells a unit-variance input.
                 slots = 3 if self.has_top_down else 2
                 value_gain = slots / math.sqrt(slots - 1)
-                for projection in [self.bottom_up_kv] + ([self.top_down_kv] if self.top_down_kv is not None else []):
+                shared = [self.top_down_kv] if self.top_down_kv is not None else []
+                if self.per_module_values:
+                    self.bottom_up_kv.weight[self.input_heads * self.input_key_size :] *= value_gain
+                else:
+                    shared.append(self.bottom_up_kv)
+                for projection in shared:
                     per_head = projection.weight.view(self.input_heads, self.input_key_size + self.input_value_size, -1)
                     per_head[:, self.input_key_size :] *= value_gain
                 self.cell_bias.zero_()
@@ -175,7 +192,8 @@ class BrimsLayer(nn.Module):
                 self.cell_bias.uniform_(-1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
 
     def project_bottom_up(self, bottom_up: torch.Tensor) -> torch.Tensor:
-        """Keys and values of the bottom-up slot, ``(..., bottom_up_size) -> (..., heads*(dk+dv))``."""
+        """Keys and values of the bottom-up slot: ``(..., bottom_up_size) -> (..., heads*(dk+dv))``,
+        or ``(..., heads*dk + N*heads*dv)`` with per-module values."""
         return self.bottom_up_kv(self.bottom_up_norm(bottom_up))
 
     def extra_repr(self) -> str:
@@ -196,8 +214,8 @@ class BrimsLayer(nn.Module):
 
         Args:
             h, c: previous state, ``(B, N, d)``.
-            bottom_up_kv: ``self.project_bottom_up(bottom_up_input)``, ``(B, heads*(dk+dv))``;
-                projected by the caller so the first layer can project a whole sequence
+            bottom_up_kv: ``self.project_bottom_up(bottom_up_input)``, ``(B, heads*(dk+dv))``
+                (``(B, heads*dk + N*heads*dv)`` with per-module values); projected by the caller so the first layer can project a whole sequence
                 in one matmul.
             top_down: previous state of the layer above, ``(B, top_down_size)``, or None.
             need_attention: also return the head-averaged slot attention.
@@ -205,6 +223,12 @@ class BrimsLayer(nn.Module):
         batch = h.shape[0]
         heads, dk, dv = self.input_heads, self.input_key_size, self.input_value_size
 
+        module_values = None
+        if self.per_module_values:
+            bottom_up_keys, module_values = bottom_up_kv.split([heads * dk, self.num_modules * heads * dv], dim=-1)
+            module_values = module_values.view(batch, self.num_modules, heads, dv)
+            # A zero value block in the shared layout keeps one stack for the keys of every slot.
+            bottom_up_kv = F.pad(bottom_up_keys.view(batch, heads, dk), (0, dv)).view(batch, heads * (dk + dv))
         slots = [bottom_up_kv]
         if self.top_down_kv is not None:
             slots.append(self.top_down_kv(top_down))
@@ -223,7 +247,11 @@ class BrimsLayer(nn.Module):
         mask = torch.zeros_like(null_attention, dtype=torch.bool).scatter_(1, active, True)
 
         weights = F.dropout(attention[..., 1:], self.dropout, self.training)
-        cell_input = torch.einsum("bnhs,bshv->bnhv", weights, values).reshape(batch, self.num_modules, heads * dv)
+        cell_input = torch.einsum("bnhs,bshv->bnhv", weights, values)
+        if module_values is not None:
+            # The bottom-up slot's shared value above is zero; each module adds its own.
+            cell_input = cell_input + weights[..., 0].unsqueeze(-1) * module_values
+        cell_input = cell_input.reshape(batch, self.num_modules, heads * dv)
 
         h_new, c_new = self._cell(cell_input, h, c)
         if self.communication:

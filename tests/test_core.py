@@ -281,6 +281,7 @@ def test_dropout_only_in_training():
         (dict(output="mean"), r"output='mean'.*'top', 'sum'"),
         (dict(output_scale=0.0), r"output_scale=0.0: expected a positive number"),
         (dict(output_scale="0.3"), r"output_scale='0.3'"),
+        (dict(bottom_up_values="private"), r"bottom_up_values='private'.*'shared', 'per_module'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):
@@ -373,6 +374,34 @@ def test_each_module_cell_equals_torch_cell_with_its_weights(cell):
         torch.testing.assert_close(h_new[:, module], h_ref, rtol=0, atol=1e-12)
 
 
+# --- bottom_up_values="per_module" -------------------------------------------------------------
+
+
+def test_per_module_values_equal_shared_values_when_every_module_has_the_same_projection():
+    """Each module reading its own copy of the shared value projection is the shared core,
+    exactly: the keys, attention, selection and cells are untouched by the option."""
+    shared = make_core().double()
+    per_module = make_core(bottom_up_values="per_module").double()
+    per_module.load_state_dict(
+        {name: tensor for name, tensor in shared.state_dict().items() if "bottom_up_kv" not in name}, strict=False
+    )
+    for shared_layer, layer in zip(shared.layers, per_module.layers):
+        heads, dk, dv = layer.input_heads, layer.input_key_size, layer.input_value_size
+        weight = shared_layer.bottom_up_kv.weight.detach().view(heads, dk + dv, -1)
+        keys, values = weight[:, :dk].reshape(heads * dk, -1), weight[:, dk:].reshape(heads * dv, -1)
+        with torch.no_grad():
+            layer.bottom_up_kv.weight.copy_(torch.cat([keys] + [values] * layer.num_modules))
+        assert layer.bottom_up_kv.weight.shape[0] == heads * (dk + layer.num_modules * dv)
+    x = torch.randn(5, 3, INPUT, dtype=torch.float64)
+    out_shared, (h_shared, _) = shared(x)
+    out, (h, _) = per_module(x)
+    torch.testing.assert_close(out, out_shared, rtol=0, atol=1e-12)
+    torch.testing.assert_close(h, h_shared, rtol=0, atol=1e-12)
+    with torch.no_grad():  # not vacuous: a module's own values change what it computes
+        per_module.layers[0].bottom_up_kv.weight[-1] += 1.0
+    assert not torch.allclose(per_module(x)[0], out_shared)
+
+
 # --- communication=False ------------------------------------------------------------------------
 
 
@@ -411,7 +440,13 @@ def _reference_layer_step(layer, h, c, x, top_down):
     for b in range(batch):
         kvs = [inp[b] @ weight.T for inp, weight in slot_inputs]
         keys = [[kv[i * width : i * width + dk] for i in range(heads)] for kv in kvs]
-        values = [[kv[i * width + dk : (i + 1) * width] for i in range(heads)] for kv in kvs]
+        # values[s][m][i]: what module m reads from slot s through head i.
+        values = [[[kv[i * width + dk : (i + 1) * width] for i in range(heads)] for _ in range(n)] for kv in kvs]
+        if layer.per_module_values:  # bottom-up: keys of every head, then each module's values
+            keys[0] = [kvs[0][i * dk : (i + 1) * dk] for i in range(heads)]
+            start = heads * dk
+            values[0] = [[kvs[0][start + (m * heads + i) * dv : start + (m * heads + i + 1) * dv] for i in range(heads)]
+                         for m in range(n)]
         attention = torch.zeros(n, heads, 1 + len(kvs), dtype=h.dtype)
         for m in range(n):
             query = h[b, m] @ layer.query[m]
@@ -425,7 +460,7 @@ def _reference_layer_step(layer, h, c, x, top_down):
         masks[b, active] = True
         new_h, new_c = torch.zeros(n, d, dtype=h.dtype), torch.zeros(n, d, dtype=h.dtype)
         for m in range(n):
-            u = torch.cat([sum(attention[m, i, 1 + s] * values[s][i] for s in range(len(kvs))) for i in range(heads)])
+            u = torch.cat([sum(attention[m, i, 1 + s] * values[s][m][i] for s in range(len(kvs))) for i in range(heads)])
             cell = _reference_cell(layer, m)
             if layer.cell == "lstm":
                 new_h[m], new_c[m] = cell(u[None], (h[b, m][None], c[b, m][None]))
@@ -452,15 +487,19 @@ def _reference_layer_step(layer, h, c, x, top_down):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("top_down, communication", [(True, True), (False, True), (True, False)])
-def test_layer_step_equals_a_reference_implementation(cell, top_down, communication):
+@pytest.mark.parametrize(
+    "top_down, communication, bottom_up_values",
+    [(True, True, "shared"), (False, True, "shared"), (True, False, "shared"), (True, True, "per_module"),
+     (False, True, "per_module")],
+)
+def test_layer_step_equals_a_reference_implementation(cell, top_down, communication, bottom_up_values):
     from brims_rl.layer import BrimsLayer
 
     torch.manual_seed(5)
     layer = BrimsLayer(
         bottom_up_size=INPUT, top_down_size=HIDDEN if top_down else None, hidden_size=HIDDEN, num_modules=4,
         top_k=2, cell=cell, input_heads=2, input_key_size=5, input_value_size=3, comm_heads=2, comm_key_size=4,
-        comm_value_size=3, communication=communication,
+        comm_value_size=3, communication=communication, bottom_up_values=bottom_up_values,
     ).double()
     _randomize_cell(layer, torch.Generator().manual_seed(6))
     batch = 3
