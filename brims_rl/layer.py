@@ -215,8 +215,8 @@ class BrimsLayer(nn.Module):
         Args:
             h, c: previous state, ``(B, N, d)``.
             bottom_up_kv: ``self.project_bottom_up(bottom_up_input)``, ``(B, heads*(dk+dv))``
-                (``(B, heads*dk + N*heads*dv)`` with per-module values); projected by the caller so the first layer can project a whole sequence
-                in one matmul.
+                (``(B, heads*dk + N*heads*dv)`` with per-module values); projected by the
+                caller so the first layer can project a whole sequence in one matmul.
             top_down: previous state of the layer above, ``(B, top_down_size)``, or None.
             need_attention: also return the head-averaged slot attention.
         """
