@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from brims_rl.layer import BOTTOM_UP_VALUES, CELL_TYPES, WEIGHT_INITS, BrimsLayer
+from brims_rl.layer import CELL_TYPES, WEIGHT_INITS, BrimsLayer
 from brims_rl.utils import check_positive_number
 
 TOP_DOWN_MODES = ("adjacent", "last_to_first", "none")
@@ -159,8 +159,6 @@ class BRIMs(nn.Module):
             raise ValueError(f"weight_init={weight_init!r}: expected one of {WEIGHT_INITS}")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output={output!r}: expected one of {OUTPUT_MODES}")
-        if bottom_up_values not in BOTTOM_UP_VALUES:
-            raise ValueError(f"bottom_up_values={bottom_up_values!r}: expected one of {BOTTOM_UP_VALUES}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r}: expected 0 <= dropout < 1")
 
