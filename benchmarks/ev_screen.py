@@ -27,11 +27,12 @@ import csv
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import _binned, first_step_above, read_train_scalars  # noqa: E402
+from learning import TRAIN_COLUMNS, _binned, first_step_above, read_results_table, read_train_scalars  # noqa: E402
 
 FIELDS = ["variant", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"]
 WINDOW = (10_000, 50_000)
@@ -39,7 +40,7 @@ WINDOW = (10_000, 50_000)
 KL_WINDOWS = [(0, 10_000), (10_000, 30_000), (30_000, 50_000)]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit status 2."""
     print(f"ev_screen.py: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -79,16 +80,14 @@ def add_results(rows: list[dict[str, str]], variant: str, folder: Path, label: s
     table = folder / "train.csv"
     if not table.is_file():
         fail(f"--add-results {variant}={folder}:{label}: no train.csv in {folder}")
+    try:
+        train_rows = read_results_table(table, TRAIN_COLUMNS)
+    except ValueError as error:
+        fail(f"--add-results {variant}={folder}:{label}: {error}")
     scalars: dict[int, list[tuple[float, float, float, float]]] = {}
-    with open(table, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"policy", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"} - set(reader.fieldnames or [])
-        if missing:
-            fail(f"--add-results {variant}={folder}:{label}: {table} lacks the columns {sorted(missing)} (expected benchmarks/learning.py's train.csv)")
-        for row in reader:
-            if row["policy"] == label:
-                values = (row["step"], row["explained_variance"], row["entropy_loss"], row["approx_kl"])
-                scalars.setdefault(int(row["seed"]), []).append(tuple(float(value) if value else float("nan") for value in values))
+    for _game, policy, seed, step, explained_variance, entropy_loss, approx_kl in train_rows:
+        if policy == label:
+            scalars.setdefault(seed, []).append((float(step), explained_variance, entropy_loss, approx_kl))
     if not scalars:
         fail(f"--add-results {variant}={folder}:{label}: no rows of policy {label!r} in {table}")
     return replace_seeds(rows, variant, scalars, limit)

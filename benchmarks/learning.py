@@ -35,13 +35,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, NoReturn, Optional
 
 import numpy as np
 
 from agents.report import read_monitor
 
 TRAIN_TAGS = ("train/explained_variance", "train/entropy_loss", "train/approx_kl")
+EPISODE_COLUMNS = ("game", "policy", "seed", "step", "score")
+TRAIN_COLUMNS = ("game", "policy", "seed", "step", "explained_variance", "entropy_loss", "approx_kl")
 
 
 @dataclass(frozen=True)
@@ -130,27 +132,43 @@ def read_train_scalars(folder: Path) -> list[tuple[int, float, float, float]]:
     ]
 
 
+def refuse(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"learning.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def read_results_table(path: Path, columns: tuple[str, ...]) -> list[tuple]:
+    """The rows of a results folder's episodes.csv (``EPISODE_COLUMNS``) or train.csv
+    (``TRAIN_COLUMNS``), typed: game and policy str, seed and step int, the rest float (an empty
+    cell is NaN). Raises ValueError naming the columns ``path`` lacks."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = sorted(set(columns) - set(reader.fieldnames or []))
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing} (expected benchmarks/learning.py's {path.name})")
+        return [
+            (row["game"], row["policy"], int(row["seed"]), int(row["step"]), *(float(row[column] or "nan") for column in columns[4:]))
+            for row in reader
+        ]
+
+
 def read_baseline(folder: Path, labels: list[str], games: list[str], seeds: list[int]) -> tuple[list[tuple], list[tuple]]:
     """Episode and train rows of ``labels`` (for these games and seeds) from an earlier results
     folder's episodes.csv and train.csv: runs reported before, not trained again."""
-    def rows(name: str, converters: tuple) -> list[tuple]:
-        with (folder / name).open(newline="") as handle:
-            reader = csv.reader(handle)
-            next(reader)
-            return [
-                tuple(convert(value) for convert, value in zip(converters, row))
-                for row in reader
-                if row[0] in games and int(row[2]) in seeds
-            ]
-
-    for name in ("episodes.csv", "train.csv"):
+    tables = []
+    for name, columns in (("episodes.csv", EPISODE_COLUMNS), ("train.csv", TRAIN_COLUMNS)):
         if not (folder / name).is_file():
-            raise SystemExit(f"--baseline {folder}: no {name} there (expected a results folder written by this script)")
-    episodes = rows("episodes.csv", (str, str, int, int, float))
-    train = rows("train.csv", (str, str, int, int, float, float, float))
+            refuse(f"--baseline {folder}: no {name} there (expected a results folder written by this script)")
+        try:
+            rows = read_results_table(folder / name, columns)
+        except ValueError as error:
+            refuse(f"--baseline {folder}: {error}")
+        tables.append([row for row in rows if row[0] in games and row[2] in seeds])
+    episodes, train = tables
     found = {row[1] for row in episodes}
     if set(labels) - found:
-        raise SystemExit(f"--baseline {folder}: no runs of {sorted(set(labels) - found)} for games {games}, seeds {seeds} (it has {sorted(found) or 'none'})")
+        refuse(f"--baseline {folder}: no runs of {sorted(set(labels) - found)} for games {games}, seeds {seeds} (it has {sorted(found) or 'none'})")
     return [row for row in episodes if row[1] in labels], [row for row in train if row[1] in labels]
 
 
@@ -170,11 +188,11 @@ def write_results(
         train_rows += [(run.game, run.label, run.seed, *row) for row in read_train_scalars(folder)]
     with (out / "episodes.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["game", "policy", "seed", "step", "score"])
+        writer.writerow(EPISODE_COLUMNS)
         writer.writerows(episode_rows)
     with (out / "train.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["game", "policy", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"])
+        writer.writerow(TRAIN_COLUMNS)
         writer.writerows(train_rows)
     (out / "summary.md").write_text(summary_table(episode_rows, train_rows, timesteps, window))
     plot_curves(episode_rows, train_rows, out / "learning_curves.png", timesteps)

@@ -60,10 +60,19 @@ def test_baseline_rows_of_the_games_seeds_and_labels_asked_for_are_reported(earl
 
 def test_bad_baselines_are_refused_in_one_line(earlier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--games", "breakout", "--seeds", "0", "--out", str(tmp_path / "new"), "--runs-root", str(tmp_path / "runs"), "--report-only"]
-    with pytest.raises(SystemExit, match=r"no runs of \['a2c_lstm'\].*it has \['cnn', 'lstm'\]"):
-        learning.main([*common, "--policies", "brims", "--label", "v", "--baseline", str(earlier), "--baseline-labels", "a2c_lstm"])
-    with pytest.raises(SystemExit, match="no episodes.csv there"):
-        learning.main([*common, "--policies", "brims", "--label", "v", "--baseline", str(tmp_path)])
+    older = tmp_path / "older"  # a train.csv from before entropy and approx_kl were kept
+    older.mkdir()
+    write_csv(older / "episodes.csv", ["game", "policy", "seed", "step", "score"], EPISODES)
+    write_csv(older / "train.csv", ["game", "policy", "seed", "step", "explained_variance"], [row[:5] for row in TRAIN])
+    for extra, message in [
+        (["--baseline", str(older), "--baseline-labels", "lstm"], "train.csv lacks the columns ['approx_kl', 'entropy_loss']"),
+        (["--baseline", str(earlier), "--baseline-labels", "a2c_lstm"], "no runs of ['a2c_lstm'] for games ['breakout'], seeds [0] (it has ['cnn', 'lstm'])"),
+        (["--baseline", str(tmp_path)], "no episodes.csv there"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            learning.main([*common, "--policies", "brims", "--label", "v", *extra])
+        error = capsys.readouterr().err
+        assert refused.value.code == 2 and message in error and error.count("\n") == 1
     with pytest.raises(SystemExit) as refused:
         learning.main([*common, "--policies", "brims", "lstm", "--baseline", str(earlier)])
     assert refused.value.code == 2
