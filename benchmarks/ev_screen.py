@@ -38,6 +38,8 @@ FIELDS = ["variant", "seed", "step", "explained_variance", "entropy_loss", "appr
 WINDOW = (10_000, 50_000)
 # Where approx_kl is averaged: before the value fits (0-10k), while it fits, after.
 KL_WINDOWS = [(0, 10_000), (10_000, 30_000), (30_000, 50_000)]
+# Where the fit is followed step by step: whether a variant rises later, or as early but less high.
+EV_WINDOWS = [(low, low + 10_000) for low in range(0, 60_000, 10_000)]
 
 
 def fail(message: str) -> NoReturn:
@@ -127,6 +129,27 @@ def update_size_table(sizes: dict[str, dict[int, np.ndarray]]) -> list[str]:
     return lines
 
 
+def window_table(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) -> list[str]:
+    """Per variant: mean explained variance in each of ``EV_WINDOWS``, the mean over the seeds
+    that reach the window of each seed's mean there (the seed count in brackets where some stop
+    short of it)."""
+    header = " | ".join(f"{low // 1000}-{high // 1000}k" for low, high in EV_WINDOWS)
+    lines = [
+        "Mean explained variance per 10k-step window (mean over seeds of each seed's window mean):",
+        "",
+        f"| variant | seeds | {header} |",
+        "|---|---:|" + "---:|" * len(EV_WINDOWS),
+    ]
+    for variant, seeds in curves.items():
+        cells = []
+        for low, high in EV_WINDOWS:
+            means = [window_mean(steps, values, low, high) for steps, values in seeds.values()]
+            means = [value for value in means if not np.isnan(value)]
+            cells.append("" if not means else f"{np.mean(means):.2f}" + ("" if len(means) == len(seeds) else f" ({len(means)})"))
+        lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def per_seed(rows: list[dict[str, str]]) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """variant -> seed -> (steps, explained variance), in file order."""
     result: dict[str, dict[int, tuple[list[int], list[float]]]] = {}
@@ -161,6 +184,7 @@ def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], sizes: 
             lines.append(f"| {variant} | {seed} | {first if first is not None else f'not by {steps.max():,}'} | {means[variant][-1]:.2f} |")
     lines += ["", "Mean over seeds of the mean EV over 10-50k steps:", ""]
     lines += [f"* {v}: {np.mean(m):.2f} ({len(m)} seed{'s' if len(m) > 1 else ''})" for v, m in means.items()]
+    lines += [""] + window_table(curves)
     if sizes:
         lines += [""] + update_size_table(sizes)
     return "\n".join(lines) + "\n"

@@ -60,6 +60,9 @@ def test_added_runs_replace_their_variant_and_summarise_per_seed(tmp_path: Path)
     assert "| new lever=2.5 | 2 | 20000 | 0.55 |" in summary
     assert "| lstm | 0 | 30000 | 0.50 |" in summary
     assert "* new lever=2.5: 0.50 (2 seeds)" in summary
+    # Per 10k window, over the seeds that reach it: seed 0 alone at 0-10k and 40-50k, seed 2 has only 20k.
+    assert "| new lever=2.5 | 2 | 0.90 (1) |  | 0.43 |  | 0.60 (1) |  |" in summary  # (0.3 + 0.55) / 2
+    assert "| old | 2 |  |  | 0.55 |  |  |  |" in summary
     assert (results / "ev_screen.png").stat().st_size > 10_000
 
 
@@ -92,7 +95,8 @@ def test_update_size_table_reads_kl_and_entropy_from_run_folders_and_results(tmp
     # lstm: seed 1 from the results folder (its "brims" rows ignored), seed 0 kept without KL.
     assert "| lstm | 1 | 0.40 | 0.60 | 1.00 | -1.320 |" in summary
     assert "| lstm | 1 | 20000 | 0.70 |" in summary and "| lstm | 0 | not by 20,000 | 0.20 |" in summary
-    assert "| old |" in summary and "| old | 1 |" not in summary
+    kl_table = summary[summary.index("How far each update moved"):]
+    assert "| old | 0 | not by 20,000 | 0.10 |" in summary and "| old |" not in kl_table
     # The variants keep their order in the file: lstm (replaced seed), then old, then x (new).
     with open(results / "train_ev.csv", newline="") as handle:
         order = list(dict.fromkeys(row["variant"] for row in csv.DictReader(handle)))
