@@ -10,6 +10,7 @@ import torch
 
 import envs
 from agents import RecurrentPPO
+from agents.config import resolve_config
 from brims_rl import BRIMs
 from brims_rl.diagnostics import first_update_gradient_norms, input_gradient, input_sensitivity, output_rms, relu_features
 
@@ -67,19 +68,27 @@ def test_output_scale_multiplies_every_output_measure(lstm_reference):
 
 def test_ppo_update_reaches_the_cnn_through_brims():
     """After one PPO update on real Breakout frames, the CNN encoder's gradient under
-    CnnBrimsPolicy is at least a tenth of what it is under CnnLstmPolicy."""
+    CnnBrimsPolicy is at least a tenth of what it is under CnnLstmPolicy: with the policy's
+    defaults and with configs/ppo.yaml's Atari settings (what `brims-rl train --env breakout` builds)."""
+    atari = resolve_config("ppo", "brims", "breakout").hyperparams["policy_kwargs"]
     norms = {}
-    for policy, kwargs in [("CnnLstmPolicy", {}), ("CnnBrimsPolicy", {}), ("CnnBrimsPolicy", dict(core_kwargs=FIRST_DEFAULTS))]:
+    for name, policy, kwargs in [
+        ("CnnLstmPolicy", "CnnLstmPolicy", {}),
+        ("CnnBrimsPolicy", "CnnBrimsPolicy", {}),
+        ("Atari config", "CnnBrimsPolicy", atari),
+        ("first defaults", "CnnBrimsPolicy", dict(core_kwargs=FIRST_DEFAULTS)),
+    ]:
         env = envs.make_atari_vec_env("breakout", n_envs=4, seed=0)
         try:
             # On the CPU: which actions a seed samples (so the rollout the update sees) differs by device.
             model = RecurrentPPO(
                 policy, env, n_steps=32, batch_size=64, n_epochs=1, seed=0, policy_kwargs=kwargs, device="cpu"
             )
-            norms[policy if not kwargs else "first defaults"] = first_update_gradient_norms(model)["features_extractor"]
+            norms[name] = first_update_gradient_norms(model)["features_extractor"]
         finally:
             env.close()
     assert norms["CnnBrimsPolicy"] >= norms["CnnLstmPolicy"] / 10, norms
+    assert norms["Atari config"] >= norms["CnnLstmPolicy"] / 10, norms
     assert norms["first defaults"] < norms["CnnLstmPolicy"] / 10, norms  # the guard can fail
 
 
