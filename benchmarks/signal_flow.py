@@ -34,6 +34,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Atari config + output=sum": dict(top_k=[6, 5], output="sum"),
     "Atari config + output_scale 2.5": dict(top_k=[6, 5], output_scale=2.5),
     "Atari config + per-module values": dict(top_k=[6, 5], bottom_up_values="per_module"),
+    "Atari config + input_temperature 2": dict(top_k=[6, 5], input_temperature=2.0),
+    "Atari config + input_temperature 0.5": dict(top_k=[6, 5], input_temperature=0.5),
 }
 
 

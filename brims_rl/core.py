@@ -102,6 +102,9 @@ class BRIMs(nn.Module):
             attention) or "per_module" (each module reads a projection of its own, N times as
             many value weights; keys, attention and top-k selection unchanged). With "shared"
             a layer's modules all read the same ``input_heads * input_value_size`` numbers.
+        input_temperature: softmax temperature of every layer's input attention (default
+            1.0: logits ``q.k / sqrt(dk)``); it divides the logits, so it equals dividing the
+            query weights by it (tests/test_core.py).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class BRIMs(nn.Module):
         output: str = "top",
         output_scale: float = 1.0,
         bottom_up_values: str = "shared",
+        input_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -191,6 +195,7 @@ class BRIMs(nn.Module):
                 bottom_up_norm=input_norm if layer == 0 else state_norm,
                 weight_init=weight_init,
                 bottom_up_values=bottom_up_values,
+                input_temperature=input_temperature,
             )
             for layer in range(num_layers)
         )

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brims_rl.utils import check_positive_number
+
 CELL_TYPES = ("lstm", "gru")
 WEIGHT_INITS = ("fan_in", "uniform", "authors")
 BOTTOM_UP_VALUES = ("shared", "per_module")
@@ -64,6 +66,10 @@ class BrimsLayer(nn.Module):
             (each module reads its own value projection of it; the keys stay shared, so the
             attention and the top-k choice are computed as with "shared"). The top-down
             slot's values are shared in both.
+        input_temperature: the input attention's softmax temperature: logits ``q.k /
+            (sqrt(dk) * input_temperature)``. Above 1 the attention (and what each module
+            reads) spreads more evenly over the slots and moves less per step of the query
+            and key weights; below 1 it sharpens. The top-k choice ranks the same logits.
     """
 
     def __init__(
@@ -85,10 +91,12 @@ class BrimsLayer(nn.Module):
         bottom_up_norm: bool = True,
         weight_init: str = "fan_in",
         bottom_up_values: str = "shared",
+        input_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if bottom_up_values not in BOTTOM_UP_VALUES:
             raise ValueError(f"bottom_up_values={bottom_up_values!r}: expected one of {BOTTOM_UP_VALUES}")
+        self.input_temperature = check_positive_number("input_temperature", input_temperature)
         self.num_modules = num_modules
         self.top_k = top_k
         self.block_size = hidden_size // num_modules
@@ -236,7 +244,7 @@ class BrimsLayer(nn.Module):
         keys, values = kv.split([dk, dv], dim=-1)
 
         queries = torch.einsum("bnd,ndk->bnk", h, self.query).view(batch, self.num_modules, heads, dk)
-        logits = torch.einsum("bnhk,bshk->bnhs", queries, keys) * (1.0 / math.sqrt(dk))
+        logits = torch.einsum("bnhk,bshk->bnhs", queries, keys) * (1.0 / (math.sqrt(dk) * self.input_temperature))
         # Null slot first, with logit exactly 0 (its key is the zero vector).
         attention = torch.softmax(F.pad(logits, (1, 0)), dim=-1)  # (B, N, H, 1 + S)
         null_attention = attention[..., 0].mean(dim=-1)  # (B, N)

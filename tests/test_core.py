@@ -282,6 +282,7 @@ def test_dropout_only_in_training():
         (dict(output_scale=0.0), r"output_scale=0.0: expected a positive number"),
         (dict(output_scale="0.3"), r"output_scale='0.3'"),
         (dict(bottom_up_values="private"), r"bottom_up_values='private'.*'shared', 'per_module'"),
+        (dict(input_temperature=0), r"input_temperature=0: expected a positive number"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):
@@ -402,6 +403,27 @@ def test_per_module_values_equal_shared_values_when_every_module_has_the_same_pr
     assert not torch.allclose(per_module(x)[0], out_shared)
 
 
+# --- input_temperature ---------------------------------------------------------------------------
+
+
+def test_input_temperature_equals_queries_divided_by_it():
+    """The temperature divides the input attention's logits and nothing else: a core at
+    temperature 2.5 is the default core with every layer's query weights divided by 2.5."""
+    warm = make_core(input_temperature=2.5).double()
+    plain = make_core().double()
+    plain.load_state_dict(warm.state_dict())
+    with torch.no_grad():
+        for layer in plain.layers:
+            layer.query /= 2.5
+    x = torch.randn(6, 3, INPUT, dtype=torch.float64)
+    out_warm, (h_warm, c_warm) = warm(x)
+    out, (h, c) = plain(x)
+    torch.testing.assert_close(out_warm, out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c_warm, c, rtol=0, atol=1e-12)
+    plain.load_state_dict(warm.state_dict())  # not vacuous: the same weights at temperature 1 differ
+    assert not torch.allclose(plain(x)[0], out_warm)
+
+
 # --- communication=False ------------------------------------------------------------------------
 
 
@@ -452,7 +474,8 @@ def _reference_layer_step(layer, h, c, x, top_down):
             query = h[b, m] @ layer.query[m]
             for i in range(heads):
                 q = query[i * dk : (i + 1) * dk]
-                logits = torch.stack([torch.zeros((), dtype=h.dtype)] + [q @ k[i] / dk**0.5 for k in keys])
+                scale = dk**0.5 * layer.input_temperature
+                logits = torch.stack([torch.zeros((), dtype=h.dtype)] + [q @ k[i] / scale for k in keys])
                 attention[m, i] = torch.softmax(logits, 0)
         slot_attention[b] = attention.mean(1)
         null = attention[:, :, 0].mean(1)
@@ -488,11 +511,12 @@ def _reference_layer_step(layer, h, c, x, top_down):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize(
-    "top_down, communication, bottom_up_values",
-    [(True, True, "shared"), (False, True, "shared"), (True, False, "shared"), (True, True, "per_module"),
-     (False, True, "per_module")],
+    "top_down, communication, bottom_up_values, input_temperature",
+    [(True, True, "shared", 1.0), (False, True, "shared", 1.0), (True, False, "shared", 1.0),
+     (True, True, "per_module", 1.0), (False, True, "per_module", 1.0), (True, True, "shared", 0.25),
+     (True, True, "per_module", 3.0)],
 )
-def test_layer_step_equals_a_reference_implementation(cell, top_down, communication, bottom_up_values):
+def test_layer_step_equals_a_reference_implementation(cell, top_down, communication, bottom_up_values, input_temperature):
     from brims_rl.layer import BrimsLayer
 
     torch.manual_seed(5)
@@ -500,6 +524,7 @@ def test_layer_step_equals_a_reference_implementation(cell, top_down, communicat
         bottom_up_size=INPUT, top_down_size=HIDDEN if top_down else None, hidden_size=HIDDEN, num_modules=4,
         top_k=2, cell=cell, input_heads=2, input_key_size=5, input_value_size=3, comm_heads=2, comm_key_size=4,
         comm_value_size=3, communication=communication, bottom_up_values=bottom_up_values,
+        input_temperature=input_temperature,
     ).double()
     _randomize_cell(layer, torch.Generator().manual_seed(6))
     batch = 3
