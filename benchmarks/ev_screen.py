@@ -27,12 +27,12 @@ import csv
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterable, NoReturn
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import TRAIN_COLUMNS, _binned, first_step_above, read_results_table, read_train_scalars  # noqa: E402
+from learning import TRAIN_COLUMNS, _binned, first_step_above, read_results_table, read_train_scalars, refuse  # noqa: E402
 
 FIELDS = ["variant", "seed", "step", "explained_variance", "entropy_loss", "approx_kl"]
 WINDOW = (10_000, 50_000)
@@ -44,8 +44,7 @@ EV_WINDOWS = [(low, low + 10_000) for low in range(0, 60_000, 10_000)]
 
 def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit status 2."""
-    print(f"ev_screen.py: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    refuse(message, program="ev_screen.py")
 
 
 def replace_seeds(
@@ -110,8 +109,7 @@ def update_size_table(sizes: dict[str, dict[int, np.ndarray]]) -> list[str]:
     """Per variant: mean approx_kl (x1e-3) per KL window and mean entropy over 30-50k steps,
     each the mean over seeds of the per-seed window means."""
     def mean_over_seeds(seeds: dict[int, np.ndarray], column: int, low: int, high: int) -> float:
-        per_seed = [window_mean(points[:, 0], points[:, column], low, high) for points in seeds.values()]
-        per_seed = [value for value in per_seed if not np.isnan(value)]
+        per_seed = seed_window_means([(points[:, 0], points[:, column]) for points in seeds.values()], low, high)
         return float(np.mean(per_seed)) if per_seed else float("nan")
 
     windows = " | ".join(f"approx_kl x1e-3, {low // 1000}-{high // 1000}k" for low, high in KL_WINDOWS)
@@ -143,8 +141,7 @@ def window_table(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]) ->
     for variant, seeds in curves.items():
         cells = []
         for low, high in EV_WINDOWS:
-            means = [window_mean(steps, values, low, high) for steps, values in seeds.values()]
-            means = [value for value in means if not np.isnan(value)]
+            means = seed_window_means(seeds.values(), low, high)
             cells.append("" if not means else f"{np.mean(means):.2f}" + ("" if len(means) == len(seeds) else f" ({len(means)})"))
         lines.append(f"| {variant} | {len(seeds)} | " + " | ".join(cells) + " |")
     return lines
@@ -164,6 +161,12 @@ def window_mean(steps: np.ndarray, values: np.ndarray, low: int = WINDOW[0], hig
     """Mean of ``values`` at ``low <= step < high`` (NaN when no step is there)."""
     inside = (steps >= low) & (steps < high)
     return float(values[inside].mean()) if inside.any() else float("nan")
+
+
+def seed_window_means(curves: Iterable[tuple[np.ndarray, np.ndarray]], low: int, high: int) -> list[float]:
+    """:func:`window_mean` of each seed's (steps, values), leaving out the seeds with no step there."""
+    means = [window_mean(steps, values, low, high) for steps, values in curves]
+    return [value for value in means if not np.isnan(value)]
 
 
 def summary(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], sizes: dict[str, dict[int, np.ndarray]], limit: int) -> str:

@@ -132,9 +132,9 @@ def read_train_scalars(folder: Path) -> list[tuple[int, float, float, float]]:
     ]
 
 
-def refuse(message: str) -> NoReturn:
-    """Bad input: one line on stderr, exit status 2."""
-    print(f"learning.py: {message}", file=sys.stderr)
+def refuse(message: str, program: str = "learning.py") -> NoReturn:
+    """Bad input: one line on stderr, ``program: message``, exit status 2."""
+    print(f"{program}: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
