@@ -40,6 +40,8 @@ WINDOW = (10_000, 50_000)
 KL_WINDOWS = [(0, 10_000), (10_000, 30_000), (30_000, 50_000)]
 # Where the fit is followed step by step: whether a variant rises later, or as early but less high.
 EV_WINDOWS = [(low, low + 10_000) for low in range(0, 60_000, 10_000)]
+# Mean curves in the picture only for variants with this many seeds: four seeds' means misled twice.
+CURVE_MIN_SEEDS = 8
 
 
 def fail(message: str) -> NoReturn:
@@ -199,7 +201,7 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(16, 7), gridspec_kw=dict(width_ratios=[1, 1.1]))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(18, 8), gridspec_kw=dict(width_ratios=[1, 1]))
     edges = np.arange(0, limit + 1, 5_000)
     centres = (edges[:-1] + edges[1:]) / 2
     names = list(curves)
@@ -213,8 +215,8 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
         seed_means = [window_mean(steps, values) for steps, values in seeds.values()]
         right.scatter(seed_means, [index] * len(seed_means), color=colour, s=30, zorder=3)
         right.plot([np.mean(seed_means)] * 2, [index - 0.3, index + 0.3], color=colour, linewidth=3)
-        if len(seeds) < 4 and not is_lstm:
-            continue  # a mean curve over two seeds says little; the dots on the right still show them
+        if len(seeds) < CURVE_MIN_SEEDS and variant != "lstm":
+            continue  # four seeds' mean curve misled twice here; the dots on the right still show every seed
         binned = np.array([_binned(list(zip(steps, values)), edges) for steps, values in seeds.values()])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -226,7 +228,7 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
         right.axvspan(min(lstm_means), max(lstm_means), color="grey", alpha=0.15, label="range of LSTM-PPO's seeds")
         right.axvline(np.mean(lstm_means), color="black", linewidth=1, label="LSTM-PPO's mean")
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
-    left.set(title="train/explained_variance, mean over seeds\n(5k-step bins; variants run with 4 seeds or more)", xlabel="env steps", ylabel="explained variance", ylim=(-0.2, 1.0))
+    left.set(title=f"train/explained_variance, mean over seeds\n(5k-step bins; variants run with {CURVE_MIN_SEEDS} seeds or more)", xlabel="env steps", ylabel="explained variance", ylim=(-0.2, 1.0))
     left.grid(alpha=0.3)
     left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
     right.set_yticks(range(len(names)), names, fontsize=8)

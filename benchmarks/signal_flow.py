@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Atari config + per-module values": dict(top_k=[6, 5], bottom_up_values="per_module"),
     "Atari config + input_temperature 2": dict(top_k=[6, 5], input_temperature=2.0),
     "Atari config + input_temperature 0.5": dict(top_k=[6, 5], input_temperature=0.5),
+    "Atari config + LayerNorm of the input": dict(top_k=[6, 5], input_norm=True),
+    "Atari config, GRU cells": dict(top_k=[6, 5], cell="gru"),
 }
 
 
@@ -73,7 +75,7 @@ def cnn_gradient(measure: Any, policy: str, policy_kwargs: dict[str, Any]) -> fl
     from agents import RecurrentPPO
 
     core_kwargs = dict(policy_kwargs.get("core_kwargs", {}))
-    named = {key: core_kwargs.pop(key) for key in ("num_layers", "top_k", "top_down") if key in core_kwargs}
+    named = {key: core_kwargs.pop(key) for key in ("num_layers", "top_k", "top_down", "cell") if key in core_kwargs}
     env = envs.make_atari_vec_env("breakout", n_envs=4, seed=0)
     try:
         kwargs = dict(core_kwargs=core_kwargs, **named) if policy == "CnnBrimsPolicy" else {}
