@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Atari config + input_temperature 0.5": dict(top_k=[6, 5], input_temperature=0.5),
     "Atari config + LayerNorm of the input": dict(top_k=[6, 5], input_norm=True),
     "Atari config, GRU cells": dict(top_k=[6, 5], cell="gru"),
+    "Atari config + cell_init_gain 0.5": dict(top_k=[6, 5], cell_init_gain=0.5),
 }
 
 

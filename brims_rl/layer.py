@@ -70,6 +70,10 @@ class BrimsLayer(nn.Module):
             (sqrt(dk) * input_temperature)``. Above 1 the attention (and what each module
             reads) spreads more evenly over the slots and moves less per step of the query
             and key weights; below 1 it sharpens. The top-k choice ranks the same logits.
+        cell_init_gain: factor on the module cells' initial weights (input and recurrent),
+            on top of ``weight_init``'s rule. Below 1 the cells start nearer their linear
+            range: smaller, smoother states, as ``nn.LSTM``'s default init gives on a CNN's
+            features (see :meth:`reset_parameters`).
     """
 
     def __init__(
@@ -92,11 +96,13 @@ class BrimsLayer(nn.Module):
         weight_init: str = "fan_in",
         bottom_up_values: str = "shared",
         input_temperature: float = 1.0,
+        cell_init_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if bottom_up_values not in BOTTOM_UP_VALUES:
             raise ValueError(f"bottom_up_values={bottom_up_values!r}: expected one of {BOTTOM_UP_VALUES}")
         self.input_temperature = check_positive_number("input_temperature", input_temperature)
+        self.cell_init_gain = check_positive_number("cell_init_gain", cell_init_gain)
         self.num_modules = num_modules
         self.top_k = top_k
         self.block_size = hidden_size // num_modules
@@ -162,6 +168,7 @@ class BrimsLayer(nn.Module):
         (nn.Linear's): this project's first defaults, which starve the heads (README).
         "authors": "uniform" cells with 0.01 * N(0, 1) attention projections, as the
         released BRIMs code.
+        Under every rule ``cell_init_gain`` multiplies the cells' weights (not their biases).
         """
         d = self.block_size
         attention = [self.bottom_up_kv.weight, self.query]
@@ -173,13 +180,15 @@ class BrimsLayer(nn.Module):
             for weight in attention + cells + communication:
                 # nn.Linear stores (out, in), grouped weights (groups, in, out).
                 fan_in = weight.shape[1]
+                is_cell = any(weight is w for w in cells)
+                gain = self.cell_init_gain if is_cell else 1.0
                 if self.weight_init == "fan_in":
-                    weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+                    weight.normal_(0.0, gain / math.sqrt(fan_in))
                 elif self.weight_init == "authors" and any(weight is w for w in attention):
                     weight.normal_(0.0, 0.01)
                 else:
-                    legacy_fan_in = d if any(weight is w for w in cells) else fan_in
-                    bound = 1.0 / math.sqrt(legacy_fan_in)
+                    legacy_fan_in = d if is_cell else fan_in
+                    bound = gain / math.sqrt(legacy_fan_in)
                     weight.uniform_(-bound, bound)
             if self.weight_init == "fan_in":
                 # At init the queries are ~0, so each of the S slots (null included) gets

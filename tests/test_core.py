@@ -283,6 +283,7 @@ def test_dropout_only_in_training():
         (dict(output_scale="0.3"), r"output_scale='0.3'"),
         (dict(bottom_up_values="private"), r"bottom_up_values='private'.*'shared', 'per_module'"),
         (dict(input_temperature=0), r"input_temperature=0: expected a positive number"),
+        (dict(cell_init_gain=-0.5), r"cell_init_gain=-0.5: expected a positive number"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):
@@ -422,6 +423,25 @@ def test_input_temperature_equals_queries_divided_by_it():
     torch.testing.assert_close(c_warm, c, rtol=0, atol=1e-12)
     plain.load_state_dict(warm.state_dict())  # not vacuous: the same weights at temperature 1 differ
     assert not torch.allclose(plain(x)[0], out_warm)
+
+
+# --- cell_init_gain ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight_init, cell", [("fan_in", "lstm"), ("fan_in", "gru"), ("uniform", "lstm"), ("authors", "gru")])
+def test_cell_init_gain_scales_the_cell_weights_and_nothing_else(weight_init, cell):
+    """Same seed, same draws: the cells' input and recurrent weights are the default core's
+    times the gain; every other tensor (attention, communication, cell biases) is the same."""
+    default = make_core(weight_init=weight_init, cell=cell).state_dict()
+    scaled = make_core(weight_init=weight_init, cell=cell, cell_init_gain=0.4).state_dict()
+    cell_weights = [name for name in default if name.endswith(("cell_weight", "cell_hidden_weight"))]
+    assert len(cell_weights) == (2 if cell == "lstm" else 4)
+    for name, tensor in default.items():
+        if name in cell_weights:
+            torch.testing.assert_close(scaled[name], 0.4 * tensor, rtol=1e-6, atol=0)
+            assert not torch.equal(scaled[name], tensor)
+        else:
+            assert torch.equal(scaled[name], tensor), name
 
 
 # --- communication=False ------------------------------------------------------------------------
