@@ -40,7 +40,7 @@ WINDOW = (10_000, 50_000)
 KL_WINDOWS = [(0, 10_000), (10_000, 30_000), (30_000, 50_000)]
 # Where the fit is followed step by step: whether a variant rises later, or as early but less high.
 EV_WINDOWS = [(low, low + 10_000) for low in range(0, 60_000, 10_000)]
-# Mean curves in the picture only for variants with this many seeds: four seeds' means misled twice.
+# Mean curves in the picture only for variants with this many seeds: four seeds' means misled on five levers.
 CURVE_MIN_SEEDS = 8
 
 
@@ -216,7 +216,7 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
         right.scatter(seed_means, [index] * len(seed_means), color=colour, s=30, zorder=3)
         right.plot([np.mean(seed_means)] * 2, [index - 0.3, index + 0.3], color=colour, linewidth=3)
         if len(seeds) < CURVE_MIN_SEEDS and variant != "lstm":
-            continue  # four seeds' mean curve misled twice here; the dots on the right still show every seed
+            continue  # the dots on the right still show every seed of it
         binned = np.array([_binned(list(zip(steps, values)), edges) for steps, values in seeds.values()])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -107,8 +107,8 @@ class BRIMs(nn.Module):
             query weights by it (tests/test_core.py).
         cell_init_gain: factor on every module cell's initial weights (default 1.0: the
             ``weight_init`` rule as it is). At 0.5 the cells start nearer their linear range:
-            on Breakout frames the output's scale and its change from step to step halve
-            (0.29 -> 0.18 and 0.057 -> 0.028 rms; ``nn.LSTM``'s default init gives 0.105 and
+            on Breakout frames the output's rms falls from 0.29 to 0.18 and its change from
+            step to step halves (0.057 -> 0.028; ``nn.LSTM``'s default init gives 0.105 and
             0.012), and the input sensitivity falls to about half an ``nn.LSTM``'s (README).
     """
 
