@@ -74,9 +74,11 @@ def main() -> None:
 def cnn_gradient(measure: Any, policy: str, policy_kwargs: dict[str, Any]) -> float:
     import envs
     from agents import RecurrentPPO
+    from brims_rl.policies import CORE_ARGUMENTS
 
+    # The variants are BRIMs arguments; the policy takes the ones it sets itself by name.
     core_kwargs = dict(policy_kwargs.get("core_kwargs", {}))
-    named = {key: core_kwargs.pop(key) for key in ("num_layers", "top_k", "top_down", "cell") if key in core_kwargs}
+    named = {key: core_kwargs.pop(key) for key in CORE_ARGUMENTS if key in core_kwargs}
     env = envs.make_atari_vec_env("breakout", n_envs=4, seed=0)
     try:
         kwargs = dict(core_kwargs=core_kwargs, **named) if policy == "CnnBrimsPolicy" else {}
