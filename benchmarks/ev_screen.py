@@ -212,7 +212,7 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
         is_lstm = variant.startswith("lstm")
         colour = "black" if is_lstm else next(brims_colours)
         seeds = curves[variant]
-        seed_means = [window_mean(steps, values) for steps, values in seeds.values()]
+        seed_means = seed_window_means(seeds.values(), *WINDOW)
         right.scatter(seed_means, [index] * len(seed_means), color=colour, s=30, zorder=3)
         right.plot([np.mean(seed_means)] * 2, [index - 0.3, index + 0.3], color=colour, linewidth=3)
         if len(seeds) < CURVE_MIN_SEEDS and variant != "lstm":
@@ -223,7 +223,7 @@ def plot(curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]], path: Path
             mean = np.nanmean(binned, axis=0)
         style = dict(linewidth=3, linestyle="-" if variant == "lstm" else "--") if is_lstm else dict(linewidth=1.5)
         left.plot(centres, mean, color=colour, label=f"{variant} ({len(seeds)} seeds)", **style)
-    lstm_means = [window_mean(s, v) for s, v in curves.get("lstm", {}).values()]
+    lstm_means = seed_window_means(curves.get("lstm", {}).values(), *WINDOW)
     if lstm_means:
         right.axvspan(min(lstm_means), max(lstm_means), color="grey", alpha=0.15, label="range of LSTM-PPO's seeds")
         right.axvline(np.mean(lstm_means), color="black", linewidth=1, label="LSTM-PPO's mean")
